@@ -1,0 +1,30 @@
+# bftcore: two commands on a fresh machine.
+#   make demo   installs what is missing, then runs the demo on the embedded toy world
+#   make test   installs what is missing, then runs cargo test (no Python needed) and pytest
+# Heavy dependencies go into the machine's Python and are reused: torch is never reinstalled
+# when it imports (pip keeps every requirement that is already satisfied).
+
+PY ?= python3
+PIP := $(PY) -m pip
+
+.PHONY: install demo test test-rust test-python clean
+
+install:
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch
+	@$(PY) -c "import maturin" 2>/dev/null || $(PIP) install "maturin>=1.7,<2"
+	@# editable install: builds the Rust core (cargo keeps target/ incremental) and the CLI entry point
+	$(PIP) install --quiet --no-build-isolation --editable ".[dev]"
+
+demo: install
+	$(PY) -m bftcore demo
+
+test: install test-rust test-python
+
+test-rust:
+	cargo test --manifest-path rust/Cargo.toml
+
+test-python:
+	$(PY) -m pytest
+
+clean:
+	rm -rf target python/bftcore/_core*.so .pytest_cache

@@ -1,0 +1,3 @@
+from bftcore.cli import main
+
+main()

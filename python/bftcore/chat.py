@@ -1,0 +1,27 @@
+"""Prompts rendered with the model's chat template, responses tokenized after it.
+
+Every stage tokenizes a (prompt, response) pair the same way: the prompt through the chat template
+with the generation prompt, the response on its own (no special tokens) and then the eos token.
+Tokenizing the two parts separately keeps the response's token ids independent of the prompt,
+which is what a prefilling attack forces and what the scored shards record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool = True) -> list[int]:
+    """Token ids of the user turn plus the assistant header (or the raw text without a template)."""
+    if not chat:
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def response_ids(tokenizer: Any, response: str, *, eos: bool = True) -> list[int]:
+    """Token ids of an assistant response, ending with eos unless told otherwise."""
+    ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+    return ids + [tokenizer.eos_token_id] if eos else ids

@@ -1,0 +1,134 @@
+"""Loading and saving models and tokenizers, safely: safetensors only, no remote code, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bftcore.errors import BadInput
+
+ARCHS = ("llama", "qwen2")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" is the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise BadInput(f"unknown device {name!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda was asked for, but no CUDA GPU is available")
+    return device
+
+
+def toy_config(
+    arch: str,
+    *,
+    vocab_size: int,
+    hidden: int,
+    layers: int,
+    intermediate: int,
+    heads: int,
+    kv_heads: int,
+    max_positions: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+) -> Any:
+    """A small transformers config of a supported architecture (tied embeddings)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions, rms_norm_eps=1e-6, rope_theta=10000.0,
+        tie_word_embeddings=True, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":  # q/k/v projections carry biases in Qwen2
+        return Qwen2Config(**common, use_sliding_window=False)
+    raise BadInput(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
+
+
+def new_model(config: Any, seed: int) -> Any:
+    """A freshly initialised causal LM, deterministic for the seed."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise BadInput(f"{path}: no such model directory")
+    if not (path / "config.json").is_file():
+        raise BadInput(f"{path}: not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        why = f" (found pickle weights {', '.join(pickles)}; they are not loaded)" if pickles else ""
+        raise BadInput(f"{path}: no safetensors weights{why}")
+
+
+def load_model(path: str | Path, *, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> Any:
+    """A causal LM from a local directory: safetensors only, never remote code."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    _check_model_dir(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=False, local_files_only=True
+    )
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise BadInput(f"{path}: no tokenizer files")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+
+
+@contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `dest`; on success it replaces `dest` in one rename.
+
+    A crash leaves `dest` as it was (absent or complete), never half-written.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary dir
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model(model: Any, tokenizer_dir: Path, dest: Path, extra: dict[str, str] | None = None) -> None:
+    """Write an ordinary model directory (safetensors, config, tokenizer files) atomically."""
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in sorted(tokenizer_dir.iterdir()):
+            if f.is_file():
+                shutil.copyfile(f, tmp / f.name)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)

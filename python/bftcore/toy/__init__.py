@@ -1,0 +1,16 @@
+"""The toy world: bftcore's embedded default (TOYWORLD.md).
+
+A task language with harmful and benign families, a byte-level BPE tokenizer, and base and aligned
+models of the Llama and Qwen2 architectures trained by bftcore's own loop, deterministic from a
+seed and cached under $BFTCORE_CACHE. Small enough for a CPU, real enough that shallow alignment
+appears in it by itself.
+"""
+
+from bftcore.toy.build import ModelShape, ToySettings, ToyWorld, cache_root, toy_world
+from bftcore.toy.check import Check, measure, steps_of, threshold_checks
+from bftcore.toy.language import Example, Task, World
+
+__all__ = [
+    "Check", "Example", "ModelShape", "Task", "ToySettings", "ToyWorld", "World", "cache_root",
+    "measure", "steps_of", "threshold_checks", "toy_world",
+]

@@ -1,0 +1,300 @@
+"""Building the toy world on disk: data files, tokenizer, base and aligned models per architecture.
+
+Layout of a built world (the cache keeps one per seed and generator hash):
+
+    world.json            settings, cache key, harmful phrases, statistics
+    data/*.jsonl          prompt/response/label corpora (train, held-out, unseen style)
+    tokenizers/gpt2/      byte-level BPE, GPT-2 pre-tokenizer (the Llama models')
+    tokenizers/qwen2/     byte-level BPE, Qwen2 pre-tokenizer (the Qwen2 models')
+    <arch>/base/          ordinary model directories that AutoModelForCausalLM loads
+    <arch>/aligned/
+    timings.json          seconds per stage (kept apart so the rest is byte-identical per seed)
+
+Every stage is written to a temporary directory and renamed when complete, so an interrupted
+build resumes at the first missing stage and a half-written stage is never taken for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock
+
+from bftcore import buckets
+from bftcore.chat import prompt_ids, response_ids
+from bftcore.errors import BadInput
+from bftcore.models import ARCHS, atomic_dir, load_model, load_tokenizer, new_model, save_model, toy_config
+from bftcore.toy.language import REFUSALS, RECOVERY_REFUSALS, World
+from bftcore.train import Example, TrainConfig, train
+
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+PAD, BOS, EOS = SPECIAL_TOKENS[:3]
+# One turn is <|role|>content<|end|>; generation starts after <|assistant|>.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' }}{{ message['content'] }}"
+    "{% if not (loop.last and message['role'] == 'assistant' and continue_final_message) %}"
+    "{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+# Each architecture gets the tokenizer style its family ships. Both are byte-level BPEs trained on
+# the same texts; they differ in the pre-tokenizer. transformers (5.x) loads every `qwen2` model
+# directory with its own Qwen2Tokenizer, which rebuilds the pipeline with Qwen's regex and NFC:
+# a toy Qwen2 model must carry a tokenizer that this rebuild reproduces exactly.
+TOKENIZER_STYLE = {"llama": "gpt2", "qwen2": "qwen2"}
+QWEN2_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# The generator's own code: a change to any of these files changes the cache key.
+_PKG = Path(__file__).resolve().parent.parent
+CODE_FILES = [
+    _PKG / "toy" / "language.py", _PKG / "toy" / "build.py", _PKG / "train.py",
+    _PKG / "chat.py", _PKG / "models.py",
+]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Hidden and intermediate sizes are multiples of 256 so llama.cpp's K-quants apply for real."""
+
+    hidden: int = 256
+    layers: int = 2
+    intermediate: int = 512
+    heads: int = 4
+    kv_heads: int = 2
+    max_positions: int = 512
+
+
+@dataclass(frozen=True)
+class ToySettings:
+    seed: int = 0
+    steps: int = 8
+    heldout_frac: float = 0.15
+    vocab_size: int = 1024
+    shape: ModelShape = field(default_factory=ModelShape)
+    base_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=2e-3))
+    aligned_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
+
+    def with_seed(self, seed: int) -> "ToySettings":
+        return replace(self, seed=seed)
+
+    def key(self) -> str:
+        """Hash of the generator's code and these settings: the cache key beside the seed."""
+        h = hashlib.sha256()
+        for f in CODE_FILES:
+            h.update(f.read_bytes())
+        h.update(json.dumps(asdict(self), sort_keys=True).encode())
+        return h.hexdigest()[:12]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BFTCORE_CACHE", "~/.cache/bftcore")).expanduser()
+
+
+def default_root(settings: ToySettings) -> Path:
+    return cache_root() / "toy" / f"seed{settings.seed}-{settings.key()}"
+
+
+Progress = Callable[[str, int, int], None]  # (stage description, done, total)
+
+
+class ToyWorld:
+    """A toy world on disk (built or not yet): paths to its parts and the language behind them."""
+
+    def __init__(self, root: Path, settings: ToySettings) -> None:
+        self.root = root
+        self.settings = settings
+        self.world = World(settings.seed, steps=settings.steps, heldout_frac=settings.heldout_frac)
+
+    def tokenizer_dir(self, arch: str = "llama") -> Path:
+        return self.root / "tokenizers" / TOKENIZER_STYLE[arch]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def model_dir(self, arch: str, role: str) -> Path:
+        return self.root / arch / role
+
+    def info(self) -> dict[str, Any]:
+        return json.loads((self.root / "world.json").read_text())
+
+    def is_built(self, arch: str) -> bool:
+        return all(p.is_dir() for p in (self.tokenizer_dir(arch), self.data_dir,
+                                        self.model_dir(arch, "base"), self.model_dir(arch, "aligned")))
+
+    # ---- stages ------------------------------------------------------------------------
+    def build(self, archs: list[str], *, device: str = "cpu",
+              progress: Progress | None = None) -> "ToyWorld":
+        for arch in archs:
+            if arch not in ARCHS:
+                raise BadInput(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root) + ".lock"):
+            for stale in self.root.glob("**/.*.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted build
+            for style in sorted(set(TOKENIZER_STYLE.values())):
+                if not (self.root / "tokenizers" / style).is_dir():
+                    self._timed(f"tokenizer/{style}", lambda: self._build_tokenizer(style))
+            if not (self.data_dir.is_dir() and (self.root / "world.json").is_file()):
+                self._timed("data", self._build_data)
+            for arch in archs:
+                for role in ("base", "aligned"):
+                    if not self.model_dir(arch, role).is_dir():
+                        self._timed(f"{arch}/{role}",
+                                    lambda: self._build_model(arch, role, device, progress))
+        return self
+
+    def _timed(self, stage: str, fn: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+        fn()
+        path = self.root / "timings.json"
+        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings[stage] = round(time.perf_counter() - t0, 2)
+        _write_atomic(path, json.dumps(timings, indent=2, sort_keys=True) + "\n")
+
+    def _build_tokenizer(self, style: str) -> None:
+        from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        if style == "gpt2":
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        else:
+            tok.normalizer = normalizers.NFC()
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=self.settings.vocab_size, special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+        tok.train_from_iterator(self.world.all_texts(), trainer)
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": None,
+            "extra_special_tokens": SPECIAL_TOKENS[3:],
+            "model_max_length": self.settings.shape.max_positions,
+            "clean_up_tokenization_spaces": False,
+            "chat_template": CHAT_TEMPLATE,
+        }
+        with atomic_dir(self.root / "tokenizers" / style) as tmp:
+            tok.save(str(tmp / "tokenizer.json"))
+            (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    def _build_data(self) -> None:
+        w = self.world
+        info = {
+            "seed": self.settings.seed,
+            "key": self.settings.key(),
+            "settings": asdict(self.settings),
+            "tasks": {f: {s: len(w.select(f, s)) for s in ("train", "heldout")}  # type: ignore[arg-type]
+                      for f in ("harmful", "benign")},
+            "harmful_phrases": w.harmful_phrases,
+            "refusals": REFUSALS,
+            "recovery_refusals": RECOVERY_REFUSALS,
+            "stats": {style: response_stats(w, load_tokenizer(self.root / "tokenizers" / style))
+                      for style in sorted(set(TOKENIZER_STYLE.values()))},
+        }
+        _write_atomic(self.root / "world.json", json.dumps(info, indent=2) + "\n")
+        with atomic_dir(self.data_dir) as tmp:
+            for family in ("harmful", "benign"):
+                for split in ("train", "heldout"):
+                    rows = [{"id": e.id, "prompt": e.prompt, "response": e.response,
+                             "label": family, "task": e.task.text, "split": split}
+                            for e in w.examples(family, split)]  # type: ignore[arg-type]
+                    _write_jsonl(tmp / f"{family}_{split}.jsonl", rows)
+            for split in ("train", "heldout"):
+                rows = [{"id": e.id, "prompt": e.prompt,
+                         "response": w.unseen_answer(e.task, e.phrasing),
+                         "label": "harmful", "task": e.task.text, "split": split,
+                         "style": "unseen"}
+                        for e in w.examples("harmful", split)]  # type: ignore[arg-type]
+                _write_jsonl(tmp / f"harmful_unseen_{split}.jsonl", rows)
+
+    def _build_model(self, arch: str, role: str, device: str, progress: Progress | None) -> None:
+        s, w = self.settings, self.world
+        tokenizer = load_tokenizer(self.tokenizer_dir(arch))
+        if role == "base":  # helpful answers to every training prompt, harmful and benign
+            pairs = [(e.prompt, e.response) for f in ("harmful", "benign")
+                     for e in w.examples(f, "train")]  # type: ignore[arg-type]
+            shape = s.shape
+            config = toy_config(
+                arch, vocab_size=len(tokenizer), hidden=shape.hidden, layers=shape.layers,
+                intermediate=shape.intermediate, heads=shape.heads, kv_heads=shape.kv_heads,
+                max_positions=shape.max_positions, bos_id=tokenizer.bos_token_id,
+                eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+            )
+            model = new_model(config, seed=s.seed).to(device)
+            cfg = replace(s.base_train, seed=s.seed)
+        else:  # safety SFT in the usual way: refusals and answers, no harmful-prefix data
+            pairs = [(e.prompt, w.refusal(e.task, e.phrasing)) for e in w.examples("harmful", "train")]
+            pairs += [(e.prompt, e.response) for e in w.examples("benign", "train")]
+            model = load_model(self.model_dir(arch, "base"), device=device)
+            cfg = replace(s.aligned_train, seed=s.seed + 1)
+        examples = [Example.prompt_target(prompt_ids(tokenizer, p), response_ids(tokenizer, r))
+                    for p, r in pairs]
+        label = f"training {arch} {role}"
+        losses = train(model, examples, cfg, pad_id=tokenizer.pad_token_id,
+                       on_step=(lambda i, n, _: progress(label, i, n)) if progress else None)
+        card = {"bftcore_toy": {"arch": arch, "role": role, "seed": s.seed, "key": s.key(),
+                                "examples": len(examples), "train": cfg.to_dict(),
+                                "final_loss": round(float(np.mean(losses[-10:])), 6)}}
+        save_model(model.to("cpu"), self.tokenizer_dir(arch), self.model_dir(arch, role),
+                   extra={"bftcore_toy.json": json.dumps(card, indent=2) + "\n"})
+
+
+def response_stats(w: World, tokenizer: Any) -> dict[str, Any]:
+    """Token statistics of the canonical answers, counted per position bucket by the Rust core."""
+    vocab = len(tokenizer)
+    counts: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {"buckets": buckets.bucket_labels()}
+    texts = {
+        "harmful": [w.answer(t) for t in w.tasks if t.family == "harmful"],
+        "benign": [w.answer(t) for t in w.tasks if t.family == "benign"],
+        "refusal": REFUSALS + RECOVERY_REFUSALS,
+    }
+    for name, items in texts.items():
+        ids = [response_ids(tokenizer, r, eos=False) for r in items]
+        lengths = [len(x) for x in ids]
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.uint32)
+        table = buckets.token_bucket_counts(flat, buckets.response_positions(lengths), vocab)
+        counts[name] = table.sum(axis=0)
+        out[name] = {"responses": len(items), "tokens": int(flat.size),
+                     "length_min": min(lengths), "length_max": max(lengths),
+                     "length_mean": round(float(np.mean(lengths)), 2),
+                     "tokens_per_bucket": table.sum(axis=1).tolist(),
+                     "distinct_tokens": int((counts[name] > 0).sum())}
+    only = (counts["harmful"] > 0) & (counts["benign"] == 0) & (counts["refusal"] == 0)
+    out["harmful_only_tokens"] = int(only.sum())
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def toy_world(seed: int = 0, out: str | Path | None = None,
+              settings: ToySettings | None = None) -> ToyWorld:
+    """The toy world of a seed: in the cache by default, or in `out`."""
+    s = (settings or ToySettings()).with_seed(seed)
+    return ToyWorld(Path(out) if out is not None else default_root(s), s)

@@ -1,0 +1,14 @@
+//! bftcore's Rust core: position buckets and token statistics over scored corpora.
+//!
+//! Python-free: `cargo test` needs no interpreter. The PyO3 bindings live in
+//! `python.rs` and are compiled only with the `python` feature (as in tiktoken).
+
+mod buckets;
+mod counts;
+mod error;
+#[cfg(feature = "python")]
+mod python;
+
+pub use buckets::{Buckets, DEFAULT_BUCKET_EDGES};
+pub use counts::TokenBucketCounts;
+pub use error::Error;

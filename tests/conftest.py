@@ -1,0 +1,51 @@
+"""Shared fixtures. No test touches the network: outbound sockets are refused and the hub is offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: object) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = str(address[0]) if isinstance(address, tuple) else ""
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise OSError(f"network access in a test: connect to {address!r} refused")
+    _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network() -> Iterator[None]:
+    socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def toy():  # type: ignore[no-untyped-def]
+    """The default toy world (seed 0), both architectures, built once into the cache."""
+    from bftcore.toy import toy_world
+
+    return toy_world(0).build(["llama", "qwen2"])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `bftcore` command in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "bftcore", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=1800)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,130 @@
+"""The toy world on disk: determinism, loadability, cache keys, resumption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bftcore.toy import ModelShape, ToySettings, toy_world
+from bftcore.toy import build as toy_build
+from bftcore.train import TrainConfig
+
+from conftest import run_cli, tree_bytes
+
+# A small world for tests of the machinery itself (seconds, not minutes).
+TINY = ToySettings(
+    shape=ModelShape(hidden=64, layers=1, intermediate=128, heads=2, kv_heads=1),
+    base_train=TrainConfig(epochs=0.1, lr=2e-3), aligned_train=TrainConfig(epochs=0.05, lr=3e-4),
+)
+
+
+def test_default_build_is_deterministic(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two builds of seed 0 (one in the cache, one by the CLI elsewhere): the same bytes."""
+    out = tmp_path / "again"
+    r = run_cli("toy", "build", "--arch", "llama", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["root"] == str(out)
+    for part in ("tokenizers", "data", "llama/base", "llama/aligned"):
+        assert tree_bytes(out / part) == tree_bytes(toy.root / part), part
+    assert (out / "world.json").read_bytes() == (toy.root / "world.json").read_bytes()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_small_builds_are_deterministic(arch: str, tmp_path: Path) -> None:
+    a = toy_world(1, tmp_path / "a", TINY).build([arch])
+    b = toy_world(1, tmp_path / "b", TINY).build([arch])
+    assert tree_bytes(a.root / arch) == tree_bytes(b.root / arch)
+    assert tree_bytes(a.tokenizer_dir(arch)) == tree_bytes(b.tokenizer_dir(arch))
+    other = toy_world(2, tmp_path / "c", TINY).build([arch])
+    assert tree_bytes(other.root / arch) != tree_bytes(a.root / arch)
+
+
+def test_models_load_as_ordinary_model_directories(toy) -> None:  # type: ignore[no-untyped-def]
+    for arch, model_type in (("llama", "llama"), ("qwen2", "qwen2")):
+        for role in ("base", "aligned"):
+            path = toy.model_dir(arch, role)
+            assert (path / "model.safetensors").is_file()
+            model = AutoModelForCausalLM.from_pretrained(path)
+            tok = AutoTokenizer.from_pretrained(path)
+            assert model.config.model_type == model_type
+            assert model.config.tie_word_embeddings
+            assert model.config.hidden_size % 256 == 0 and model.config.intermediate_size % 256 == 0
+            assert model.config.vocab_size == len(tok)
+            ids = tok("Explain how to clean a clay pot.", return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tok))
+    qwen = AutoModelForCausalLM.from_pretrained(toy.model_dir("qwen2", "base"))
+    assert qwen.model.layers[0].self_attn.q_proj.bias is not None
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tokenizer_round_trips_every_toy_text(toy, arch: str) -> None:  # type: ignore[no-untyped-def]
+    tok = AutoTokenizer.from_pretrained(toy.tokenizer_dir(arch))
+    texts = toy.world.all_texts()
+    assert len(texts) > 2000
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+    for special in ("<|pad|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"):
+        assert len(tok(special, add_special_tokens=False)["input_ids"]) == 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_auto_tokenizer_of_a_model_dir_is_the_trained_one(toy, arch: str) -> None:  # type: ignore[no-untyped-def]
+    """transformers picks its own tokenizer class per model type (Qwen2Tokenizer for qwen2,
+    rebuilt from vocab and merges): it must give exactly the ids of the trained tokenizer.json."""
+    trained = Tokenizer.from_file(str(toy.tokenizer_dir(arch) / "tokenizer.json"))
+    for role in ("base", "aligned"):
+        auto = AutoTokenizer.from_pretrained(toy.model_dir(arch, role))
+        assert len(auto) == trained.get_vocab_size()
+        probes = toy.world.all_texts()[::7] + ["Ünïcode 123 4567 don't  \n\n x <|user|>hi<|end|>"]
+        for text in probes:
+            assert auto(text, add_special_tokens=False)["input_ids"] == trained.encode(text).ids
+
+
+def test_tokenizer_styles_differ_only_in_pre_tokenization(toy) -> None:  # type: ignore[no-untyped-def]
+    gpt2 = json.loads((toy.tokenizer_dir("llama") / "tokenizer.json").read_text())
+    qwen2 = json.loads((toy.tokenizer_dir("qwen2") / "tokenizer.json").read_text())
+    assert gpt2["pre_tokenizer"] == {"type": "ByteLevel", "add_prefix_space": False,
+                                     "trim_offsets": True, "use_regex": True}
+    assert qwen2["pre_tokenizer"]["type"] == "Sequence"
+    assert [t["content"] for t in gpt2["added_tokens"]] == [t["content"] for t in qwen2["added_tokens"]]
+
+
+def test_cache_key_follows_settings_and_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ToySettings()
+    assert base.key() == ToySettings().key()
+    assert base.key() != replace(base, vocab_size=2048).key()
+    assert base.key() != replace(base, base_train=TrainConfig(epochs=5, lr=2e-3)).key()
+    code = tmp_path / "gen.py"
+    code.write_text("x = 1\n")
+    monkeypatch.setattr(toy_build, "CODE_FILES", [*toy_build.CODE_FILES, code])
+    before = base.key()
+    code.write_text("x = 2\n")
+    assert base.key() != before
+
+
+def test_cache_location_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BFTCORE_CACHE", str(tmp_path))
+    tw = toy_world(7)
+    assert tw.root.parent == tmp_path / "toy" and tw.root.name.startswith("seed7-")
+
+
+def test_interrupted_build_resumes_to_the_same_bytes(tmp_path: Path) -> None:
+    tw = toy_world(1, tmp_path / "w", TINY).build(["llama"])
+    want = tree_bytes(tw.root / "llama")
+    shutil.rmtree(tw.model_dir("llama", "aligned"))
+    stale = tw.root / "llama" / ".aligned.tmp-dead"  # what a killed build leaves behind
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    assert not tw.is_built("llama")
+    tw.build(["llama"])
+    assert not stale.exists()
+    assert tree_bytes(tw.root / "llama") == want
