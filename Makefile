@@ -5,6 +5,8 @@
 # when it imports (pip keeps every requirement that is already satisfied).
 
 PY ?= python3
+export PIP_ROOT_USER_ACTION := ignore
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PIP := $(PY) -m pip
 
 .PHONY: install demo test test-rust test-python clean
