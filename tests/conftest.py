@@ -49,3 +49,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def shared_data() -> Path:
+    """The public data sets beside the checkout (../shared/data), or $BFTCORE_SHARED_DATA."""
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (os.environ.get("BFTCORE_SHARED_DATA"), here.parent / "shared" / "data",
+                      Path("/work/shared/data")):
+        if candidate and Path(candidate, "README.md").is_file():
+            return Path(candidate)
+    raise FileNotFoundError("../shared/data not found; set BFTCORE_SHARED_DATA")

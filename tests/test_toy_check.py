@@ -33,4 +33,14 @@ def test_demo_prints_the_table(toy) -> None:  # type: ignore[no-untyped-def]
     r = run_cli("demo", "--arch", "qwen2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "aligned" in r.stdout and "prefill" in r.stdout and re.search(r"\b\d+/180\b", r.stdout)
-    assert "FAILS" not in r.stdout
+    assert "per position bucket" in r.stdout and "mean R_t" in r.stdout
+    assert "FAILS" not in r.stdout and r.stdout.count("holds") == 6
+
+
+def test_demo_json_carries_rows_checks_and_the_index(toy) -> None:  # type: ignore[no-untyped-def]
+    r = run_cli("demo", "--json")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    assert obj["ok"] and len(obj["checks"]) == 6 and len(obj["rows"]) == 6
+    assert obj["index"]["header"]["labels"] == ["benign", "harmful"]
+    assert all(list(b)[:4] == ["label", "bucket", "lo", "hi"] for b in obj["index"]["buckets"])

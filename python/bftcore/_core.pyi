@@ -16,3 +16,46 @@ def token_bucket_counts(
     vocab_size: int,
     edges: list[int] | None = None,
 ) -> npt.NDArray[np.uint64]: ...
+
+class CoreError(ValueError): ...
+
+class IndexBuilder:
+    def __init__(
+        self,
+        vocab_size: int,
+        k: int,
+        tau: float,
+        tokenizer_hash: str,
+        meta_json: str = "{}",
+        edges: list[int] | None = None,
+    ) -> None: ...
+    def add_batch(
+        self,
+        tokens: npt.NDArray[np.uint32],
+        positions: npt.NDArray[np.uint32],
+        lp_base: npt.NDArray[np.float32],
+        lp_aligned: npt.NDArray[np.float32],
+        kl: npt.NDArray[np.float32],
+        bf_mass: npt.NDArray[np.float32],
+        retain: npt.NDArray[np.float32],
+        label_codes: npt.NDArray[np.uint16],
+        label_names: list[str],
+        topk_token: npt.NDArray[np.uint32],
+        topk_lp_base: npt.NDArray[np.float32],
+        topk_lp_aligned: npt.NDArray[np.float32],
+    ) -> None: ...
+    @property
+    def rows(self) -> int: ...
+    def write(self, path: str) -> str: ...
+
+class Index:
+    @staticmethod
+    def open(path: str) -> Index: ...
+    @property
+    def header_json(self) -> str: ...
+    def bucket_table(self, label: str) -> dict[str, npt.NDArray[np.generic]]: ...
+    def arrays(self, label: str) -> dict[str, npt.NDArray[np.generic]]: ...
+    def top_tokens(self, label: str, bucket: int, n: int) -> dict[str, npt.NDArray[np.generic]]: ...
+    def token_histogram(self, label: str, token: int) -> dict[str, npt.NDArray[np.generic]]: ...
+
+def merge_indexes(paths: list[str], out: str) -> str: ...

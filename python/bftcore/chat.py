@@ -11,14 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool = True) -> list[int]:
-    """Token ids of the user turn plus the assistant header (or the raw text without a template)."""
-    if not chat:
-        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+def prompt_ids(tokenizer: Any, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]:
+    """Token ids of the conversation (a user prompt, or a list of messages ending with the user's)
+    plus the assistant header; without a chat template, the raw text of the last turn."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if not chat or not has_chat_template(tokenizer):
+        return list(tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"])
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
 def response_ids(tokenizer: Any, response: str, *, eos: bool = True) -> list[int]:

@@ -26,7 +26,7 @@ from bftcore.errors import BadInput, CheckFailed
 
 ARCH_CHOICE = click.Choice(["llama", "qwen2"])
 # Off a terminal rich would wrap at 80 columns; tables get room and messages never wrap.
-out = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
+console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -67,7 +67,7 @@ def _rows_table(rows: list[Any], title: str) -> Table:
 def _print_checks(checks: list[Any]) -> None:
     for c in checks:
         mark = "[green]holds[/]" if c.holds else "[red]FAILS[/]"
-        out.print(f"  {mark}  {c.name}  ({c.detail})")
+        console.print(f"  {mark}  {c.name}  ({c.detail})")
 
 
 def _emit_json(obj: dict[str, Any]) -> None:
@@ -132,11 +132,11 @@ def toy_build(arch: str | None, seed: int, out: Path | None, device: str, as_jso
     if as_json:
         _emit_json(summary)
         return
-    out.print(_world_line(tw))
+    console.print(_world_line(tw))
     for a in _archs(arch):
         for role in ("base", "aligned"):
-            out.print(f"  {a} {role}: {tw.model_dir(a, role)}")
-    out.print(f"  data: {tw.data_dir}")
+            console.print(f"  {a} {role}: {tw.model_dir(a, role)}")
+    console.print(f"  data: {tw.data_dir}")
 
 
 def _world_summary(tw: Any, archs: list[str]) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def _world_line(tw: Any) -> str:
 
 
 def _run_check(arch: str | None, seed: int, world_dir: Path | None, device: str,
-               as_json: bool, title: str) -> None:
+               as_json: bool, title: str) -> None:  # noqa: PLR0913
     from bftcore.models import resolve_device
     from bftcore.toy import measure, threshold_checks, toy_world
 
@@ -185,8 +185,8 @@ def _run_check(arch: str | None, seed: int, world_dir: Path | None, device: str,
                     "ok": ok, "world": _world_summary(tw, archs),
                     "seconds": round(time.perf_counter() - t0, 2)})
     else:
-        out.print(_world_line(tw))
-        out.print(_rows_table(rows, title))
+        console.print(_world_line(tw))
+        console.print(_rows_table(rows, title))
         _print_checks(checks)
     if not ok:
         raise CheckFailed("a toy-world check does not hold")
@@ -216,15 +216,353 @@ def toy_check(arch: str | None, seed: int, world_dir: Path | None, device: str, 
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the rows.")
 def demo(arch: str, seed: int, device: str, as_json: bool) -> None:
-    """The whole pipeline on the embedded toy world: builds (or reuses) it and prints the table.
+    """The whole pipeline on the embedded toy world: builds (or reuses) it, attacks the base and
+    aligned models, indexes their held-out responses, and prints TOYWORLD.md's table.
 
-    Exits 1 if a row of TOYWORLD.md's table fails.
+    Exits 1 if a row of the table fails.
 
     \b
     Example:
       bftcore demo --arch qwen2
     """
-    _run_check(arch, seed, None, device, as_json, "bftcore demo: toy world (held-out tasks, greedy)")
+    from bftcore import demo as demo_run
+    from bftcore.models import resolve_device
+
+    t0 = time.perf_counter()
+    with progress_bars() as bar:
+        result = demo_run.run(arch, seed, device=str(resolve_device(device)), progress=bar)
+    if as_json:
+        _emit_json({"rows": [r.to_dict() for r in result.rows],
+                    "checks": [{"name": c.name, "holds": c.holds, "detail": c.detail}
+                               for c in result.checks],
+                    "ok": result.ok, "world": _world_summary(result.world, [arch]),
+                    "index": {"path": str(result.index.path),
+                              **{k: v for k, v in result.index.to_json(top=0).items()
+                                 if k != "top_tokens"}},
+                    "run_dir": str(result.run_dir),
+                    "seconds": round(time.perf_counter() - t0, 2)})
+    else:
+        console.print(_world_line(result.world))
+        console.print(_rows_table(result.rows, "bftcore demo: attacks on held-out tasks (greedy)"))
+        console.print(_bucket_table(result.index, "index of held-out responses, per position bucket"))
+        _print_checks(result.checks)
+        console.print(f"  index {result.index.path}; plot {result.run_dir / 'signal_decay.png'}")
+    if not result.ok:
+        raise CheckFailed("a row of the demo table does not hold")
+
+
+# ---- scoring and the index ----------------------------------------------------------------
+def corpus_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of every command that reads a corpus."""
+    from bftcore.corpus import FORMATS
+
+    for opt in reversed([
+        click.option("--format", "fmt", type=click.Choice(FORMATS), help="Corpus format (default: detected per file)."),
+        click.option("--prompt-column", help="Prompt column/key of any other CSV, JSONL or Parquet."),
+        click.option("--response-column", help="Response column/key of any other CSV, JSONL or Parquet."),
+        click.option("--label", "default_label", help="Label of records that carry none (default: the format's, e.g. harmful)."),
+        click.option("--skip-bad", is_flag=True, help="Count and skip unreadable records instead of stopping."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--k", "topk", type=click.IntRange(min=1), default=20, show_default=True, help="Base top-k stored per position."),
+        click.option("--tau", type=float, default=0.0, show_default=True, help="Base-favored threshold on log pi_b - log pi_a."),
+        click.option("--batch-tokens", type=click.IntRange(min=1), default=16384, show_default=True, help="Padded tokens per forward batch."),
+        click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Documents per Parquet shard."),
+        click.option("--max-length", type=click.IntRange(min=2), help="Prompt + response tokens (default: the model's context); longer responses are truncated and counted."),
+        click.option("--no-generate", is_flag=True, help="Skip records without a response instead of scoring the base model's own greedy response."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Length of generated responses."),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _read(corpus: tuple[Path, ...], fmt: str | None, prompt_column: str | None,
+          response_column: str | None, default_label: str | None, skip_bad: bool) -> Any:
+    from bftcore.corpus import ReadOptions, read_corpus
+
+    return read_corpus(corpus, ReadOptions(fmt, prompt_column, response_column, "label",
+                                           default_label, skip_bad))
+
+
+def _score_config(topk: int, tau: float, batch_tokens: int, shard_size: int, max_length: int | None,
+                  no_generate: bool, max_new_tokens: int) -> Any:
+    from bftcore.score import ScoreConfig
+
+    return ScoreConfig(topk, tau, batch_tokens, shard_size, max_length, not no_generate, max_new_tokens)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun, with a gloo/nccl process group; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--base", required=True, help="Base model directory.")
+@click.option("--aligned", required=True, help="Aligned model directory (its chat template renders prompts).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory of scored shards.")
+@corpus_options
+@scoring_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path, fmt: str | None,
+          prompt_column: str | None, response_column: str | None, default_label: str | None,
+          skip_bad: bool, topk: int, tau: float, batch_tokens: int, shard_size: int,
+          max_length: int | None, no_generate: bool, max_new_tokens: int, device: str,
+          as_json: bool) -> None:
+    """Score a corpus with the base and the aligned model into Parquet shards.
+
+    Both models run teacher-forced over the same length-sorted batches; per response token only
+    statistics are kept (log-probs, KL, base top-k, M_t, R_t). A rerun skips finished shards.
+
+    \b
+    Example:
+      bftcore score harmful.jsonl --base B --aligned A --out shards/
+    """
+    from bftcore.models import resolve_device
+    from bftcore.score import score_corpus
+
+    records, report = _read(corpus, fmt, prompt_column, response_column, default_label, skip_bad)
+    rank, world = _distributed()
+    with progress_bars(rank == 0) as bar:
+        summary = score_corpus(records, base, aligned, out,
+                               _score_config(topk, tau, batch_tokens, shard_size, max_length,
+                                             no_generate, max_new_tokens),
+                               device=str(resolve_device(device)), progress=bar, rank=rank,
+                               world_size=world)
+    _barrier()
+    if rank != 0:
+        return
+    if as_json:
+        _emit_json({"read": report.to_dict(), "score": summary.to_dict()})
+    else:
+        _print_read(report)
+        console.print(f"scored {summary.docs} documents, {summary.tokens} response tokens into "
+                      f"{summary.shards_scored} new shard(s) of {summary.shards} in {out}")
+
+
+def _print_read(report: Any) -> None:
+    line = f"read {report.records} records from {len(report.files)} file(s)"
+    extras = [f"{report.without_response} without a response" if report.without_response else "",
+              f"{report.duplicates} duplicates kept once" if report.duplicates else "",
+              f"{report.bad} unreadable skipped" if report.bad else ""]
+    extras = [e for e in extras if e]
+    console.print(line + (f" ({', '.join(extras)})" if extras else ""))
+
+
+def _bucket_table(index: Any, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("label", "positions", "tokens", "mean KL", "mean R_t", "mean M_t", "bf rate",
+                "mean log-ratio"):
+        table.add_column(col, justify="left" if col in ("label", "positions") else "right")
+    for r in index.curves().iter_rows(named=True):
+        if not r["count"]:
+            continue
+        table.add_row(r["label"], r["positions"], str(r["count"]), f"{r['mean_kl']:.4g}",
+                      f"{r['mean_retain']:.3f}", f"{r['mean_bf_mass']:.3f}", f"{r['bf_rate']:.3f}",
+                      f"{r['mean_log_ratio']:+.3g}")
+    return table
+
+
+@cli.command("index")
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--base", help="Base model directory (not needed for a directory of scored shards).")
+@click.option("--aligned", help="Aligned model directory.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .bfti index to write.")
+@click.option("--shards", "shards_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where scored shards go (default: OUT.shards/); kept for reruns and training.")
+@corpus_options
+@scoring_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, out: Path,
+              shards_dir: Path | None, fmt: str | None, prompt_column: str | None,
+              response_column: str | None, default_label: str | None, skip_bad: bool, topk: int,
+              tau: float, batch_tokens: int, shard_size: int, max_length: int | None,
+              no_generate: bool, max_new_tokens: int, device: str, as_json: bool) -> None:
+    """Build the base-favored-token index of a corpus: score it with both models, then aggregate
+    in the Rust core. A directory of scored shards is aggregated directly.
+
+    Under torchrun each rank scores its own shards and writes a partial index; rank 0 merges.
+
+    \b
+    Example:
+      bftcore index harmful.jsonl benign.jsonl --base B --aligned A --out corpus.bfti
+      bftcore index shards/ --out corpus.bfti
+      torchrun --nproc-per-node 2 -m bftcore index corpus/ --base B --aligned A --out c.bfti
+    """
+    from bftcore import index as bfti
+    from bftcore.models import resolve_device
+    from bftcore.score import score_corpus, shard_paths
+
+    rank, world = _distributed()
+    report, summary = None, None
+    if all(bfti.is_shard_dir(p) or (p.suffix == ".parquet" and p.is_file() and _is_shard(p))
+           for p in corpus):
+        def listed() -> list[Path]:
+            return sorted(s for p in corpus for s in (shard_paths(p) if p.is_dir() else [p]))
+    else:
+        if not base or not aligned:
+            raise BadInput("--base and --aligned are needed to score a corpus "
+                           "(or give a directory of scored shards)")
+        records, report = _read(corpus, fmt, prompt_column, response_column, default_label, skip_bad)
+        where = shards_dir or out.with_name(out.name + ".shards")
+        with progress_bars(rank == 0) as bar:
+            summary = score_corpus(records, base, aligned, where,
+                                   _score_config(topk, tau, batch_tokens, shard_size, max_length,
+                                                 no_generate, max_new_tokens),
+                                   device=str(resolve_device(device)), progress=bar, rank=rank,
+                                   world_size=world)
+
+        def listed() -> list[Path]:
+            return shard_paths(where)
+    if world > 1:  # each rank aggregates its own shards; rank 0 merges the partials
+        _barrier()  # every rank's shards are written
+        mine = [s for i, s in enumerate(listed()) if i % world == rank]
+        part = out.with_name(f".{out.name}.rank{rank}")
+        bfti.build(mine, part)
+        _barrier()
+        if rank != 0:
+            return
+        parts = [out.with_name(f".{out.name}.rank{r}") for r in range(world)]
+        idx = bfti.merge(parts, out)
+        for p in parts:
+            p.unlink()
+    else:
+        with progress_bars() as bar:
+            idx = bfti.build(listed(), out, progress=bar)
+    if as_json:
+        _emit_json({"index": str(out), "header": idx.header,
+                    "read": report.to_dict() if report else None,
+                    "score": summary.to_dict() if summary else None,
+                    "buckets": idx.to_json(top=0)["buckets"]})
+        return
+    if report:
+        _print_read(report)
+    if summary:
+        console.print(f"scored {summary.docs} documents ({summary.generated} responses "
+                               f"generated by the base model), {summary.shards} shard(s)")
+    console.print(f"index {out}: {idx.header['rows']} response tokens, labels "
+                           f"{', '.join(idx.labels)}")
+    console.print(_bucket_table(idx, "per position bucket"))
+
+
+def _is_shard(path: Path) -> bool:
+    from bftcore.index import shard_meta
+
+    try:
+        shard_meta(path)
+        return True
+    except BadInput:
+        return False
+
+
+@cli.command("merge")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the merged header as JSON.")
+def merge_cmd(inputs: tuple[Path, ...], out: Path, as_json: bool) -> None:
+    """Merge partial indexes exactly (the index of the union of their rows).
+
+    \b
+    Example:
+      bftcore merge part0.bfti part1.bfti --out corpus.bfti
+    """
+    from bftcore import index as bfti
+
+    idx = bfti.merge(list(inputs), out)
+    if as_json:
+        _emit_json({"index": str(out), "header": idx.header})
+    else:
+        console.print(f"merged {len(inputs)} indexes into {out}: "
+                               f"{idx.header['rows']} response tokens")
+
+
+def _index_tokenizer(idx: Any, tokenizer: str | None) -> Any:
+    """The tokenizer for token texts: --tokenizer, else the aligned model's if it is here."""
+    from bftcore.models import load_tokenizer, tokenizer_hash
+
+    path = tokenizer or idx.header["meta"].get("aligned")
+    if not path or not Path(path).is_dir():
+        if tokenizer:
+            raise BadInput(f"{tokenizer}: no such tokenizer directory")
+        return None
+    tok = load_tokenizer(path)
+    if tokenizer_hash(tok) != idx.header["tokenizer_hash"]:
+        raise BadInput(f"{path}: its tokenizer does not match the index's "
+                       f"(hash {tokenizer_hash(tok)} vs {idx.header['tokenizer_hash']})")
+    return tok
+
+
+@cli.command()
+@click.argument("index_path", type=click.Path(path_type=Path))
+@click.option("--bucket", type=click.IntRange(min=0), help="Show the top tokens of this bucket (default: 0).")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Top base-favored tokens per bucket.")
+@click.option("--label", help="Label for the top tokens (default: harmful).")
+@click.option("--tokenizer", help="Tokenizer for token texts (default: the aligned model's, if present).")
+@click.option("--json", "as_json", is_flag=True, help="One object: header, buckets, top_tokens.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the signal-decay plot (PNG).")
+def inspect(index_path: Path, bucket: int | None, top: int, label: str | None,
+            tokenizer: str | None, as_json: bool, plot: Path | None) -> None:
+    """Show an index: per-bucket curves (KL, R_t, M_t, base-favored rate) and top tokens.
+
+    \b
+    Example:
+      bftcore inspect corpus.bfti --bucket 0 --top 20 --plot signal_decay.png
+    """
+    from bftcore import index as bfti
+
+    idx = bfti.Index(index_path)
+    tok = _index_tokenizer(idx, tokenizer)
+    if bucket is not None and bucket >= len(idx.edges):
+        raise BadInput(f"no bucket {bucket} (buckets 0-{len(idx.edges) - 1})")
+    if label is not None:
+        idx._label(label)
+    if plot:
+        bfti.plot_signal_decay(idx, plot)
+    if as_json:
+        obj = idx.to_json(top=top, tokenizer=tok, bucket=bucket)
+        if label is not None:
+            obj["top_tokens"] = [{**t, "label": label} for t in
+                                 idx.to_json(top=top, tokenizer=tok, bucket=bucket)["top_tokens"]]
+        _emit_json(obj)
+        return
+    h = idx.header
+    console.print(f"{index_path}: {h['rows']} response tokens; labels {', '.join(h['labels'])}; "
+              f"k={h['k']}, tau={h['tau']}; base {h['meta'].get('base')}; aligned {h['meta'].get('aligned')}")
+    console.print(_bucket_table(idx, "per position bucket"))
+    if top and idx.labels:
+        b = bucket or 0
+        df = idx.top_tokens(b, top, label, tok)
+        table = Table(title=f"top base-favored tokens, bucket {b} ({idx._label(label)})", title_justify="left")
+        for col in ("token", "text", "in B_t", "realised", "realised base-favored"):
+            table.add_column(col)
+        for r in df.iter_rows(named=True):
+            table.add_row(str(r["token"]), repr(r["text"]) if r["text"] is not None else "",
+                          str(r["base_favored"]), str(r["occurrences"]), str(r["realised_base_favored"]))
+        console.print(table)
+    if plot:
+        console.print(f"plot: {plot}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -100,6 +102,30 @@ def load_tokenizer(path: str | Path) -> Any:
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise BadInput(f"{path}: no tokenizer files")
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """Identity of a tokenizer's ids: vocabulary, merges, added tokens, normalizer, pre-tokenizer.
+
+    The chat template and decoder are left out: a base model and its chat model share ids even
+    when only the chat model has a template.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        keep = {k: spec.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer")}
+    else:  # a slow (Python) tokenizer: its vocabulary is what it has
+        keep = {"vocab": sorted(tokenizer.get_vocab().items())}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_same_tokenizer(base: Any, aligned: Any) -> str:
+    """The shared tokenizer hash, or BadInput when the two models do not share a tokenizer."""
+    hb, ha = tokenizer_hash(base), tokenizer_hash(aligned)
+    if hb != ha:
+        raise BadInput(f"the base and aligned models do not share a tokenizer (hash {hb} vs {ha}); "
+                       "their token statistics cannot be compared")
+    return ha
 
 
 @contextmanager

@@ -13,6 +13,20 @@ pub enum Error {
     LengthMismatch { tokens: usize, positions: usize },
     /// Two aggregates of different shapes cannot merge.
     ShapeMismatch(String),
+    /// A batch whose columns do not fit together.
+    BadBatch(String),
+    /// NaN or infinity in a scored column.
+    NonFinite { row: usize, column: String },
+    /// Reading or writing a file failed.
+    Io(String),
+    /// The file is not a `.bfti` index (wrong magic).
+    NotAnIndex(String),
+    /// The file was written by a newer bftcore.
+    NewerVersion { found: u32, supported: u32 },
+    /// The file is shorter or longer than its header says, or its header is unreadable.
+    Corrupt(String),
+    /// The stored checksum does not match the contents.
+    ChecksumMismatch,
 }
 
 impl fmt::Display for Error {
@@ -30,6 +44,20 @@ impl fmt::Display for Error {
                 "tokens and positions differ in length ({tokens} vs {positions})"
             ),
             Error::ShapeMismatch(why) => write!(f, "cannot merge: {why}"),
+            Error::BadBatch(why) => write!(f, "bad batch: {why}"),
+            Error::NonFinite { row, column } => {
+                write!(f, "row {row}: {column} is NaN or infinite")
+            }
+            Error::Io(why) => write!(f, "{why}"),
+            Error::NotAnIndex(path) => write!(f, "{path}: not a .bfti index (wrong magic bytes)"),
+            Error::NewerVersion { found, supported } => write!(
+                f,
+                "index format version {found} is newer than this bftcore reads ({supported}); upgrade bftcore"
+            ),
+            Error::Corrupt(why) => write!(f, "corrupt index: {why}"),
+            Error::ChecksumMismatch => {
+                write!(f, "corrupt index: checksum mismatch (the file was altered or damaged)")
+            }
         }
     }
 }

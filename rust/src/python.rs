@@ -1,15 +1,27 @@
 //! PyO3 bindings (the `python` feature): a thin layer that converts arguments,
 //! releases the GIL for the work, and maps core errors to ValueError.
 
+use std::path::PathBuf;
+use std::sync::Mutex;
+
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
-use crate::{Buckets, Error, TokenBucketCounts, DEFAULT_BUCKET_EDGES};
+use crate::bfti::{self, MappedIndex};
+use crate::{Batch, Buckets, Error, IndexBuilder, TokenBucketCounts, DEFAULT_BUCKET_EDGES};
+
+pyo3::create_exception!(
+    _core,
+    CoreError,
+    PyValueError,
+    "Bad input to the Rust core: a bad batch, or an unreadable, damaged or incompatible index."
+);
 
 fn value_error(e: Error) -> PyErr {
-    PyValueError::new_err(e.to_string())
+    CoreError::new_err(e.to_string())
 }
 
 fn buckets_from(edges: Option<Vec<u32>>) -> PyResult<Buckets> {
@@ -73,8 +85,225 @@ fn token_bucket_counts<'py>(
     Ok(table.into_pyarray(py))
 }
 
+/// Streaming builder of a base-favored-token index: `add_batch` scored rows, then `write`.
+#[pyclass(frozen, name = "IndexBuilder", module = "bftcore._core")]
+struct PyIndexBuilder {
+    // The lock is taken with the GIL released, so that a second thread never holds the GIL
+    // while it waits for a builder that the first thread is filling.
+    inner: Mutex<Option<IndexBuilder>>,
+}
+
+#[pymethods]
+impl PyIndexBuilder {
+    #[new]
+    #[pyo3(signature = (vocab_size, k, tau, tokenizer_hash, meta_json="{}", edges=None))]
+    fn new(
+        vocab_size: usize,
+        k: usize,
+        tau: f64,
+        tokenizer_hash: String,
+        meta_json: &str,
+        edges: Option<Vec<u32>>,
+    ) -> PyResult<Self> {
+        let meta = serde_json::from_str(meta_json)
+            .map_err(|e| PyValueError::new_err(format!("meta_json: {e}")))?;
+        let b = IndexBuilder::new(vocab_size, buckets_from(edges)?, k, tau, tokenizer_hash, meta)
+            .map_err(value_error)?;
+        Ok(PyIndexBuilder { inner: Mutex::new(Some(b)) })
+    }
+
+    /// Add scored rows. Arrays are read in place; the GIL is released while they are counted.
+    #[allow(clippy::too_many_arguments)]
+    fn add_batch(
+        &self,
+        py: Python<'_>,
+        tokens: PyReadonlyArray1<'_, u32>,
+        positions: PyReadonlyArray1<'_, u32>,
+        lp_base: PyReadonlyArray1<'_, f32>,
+        lp_aligned: PyReadonlyArray1<'_, f32>,
+        kl: PyReadonlyArray1<'_, f32>,
+        bf_mass: PyReadonlyArray1<'_, f32>,
+        retain: PyReadonlyArray1<'_, f32>,
+        label_codes: PyReadonlyArray1<'_, u16>,
+        label_names: Vec<String>,
+        topk_token: PyReadonlyArray1<'_, u32>,
+        topk_lp_base: PyReadonlyArray1<'_, f32>,
+        topk_lp_aligned: PyReadonlyArray1<'_, f32>,
+    ) -> PyResult<()> {
+        let batch = Batch {
+            tokens: tokens.as_slice()?,
+            positions: positions.as_slice()?,
+            lp_base: lp_base.as_slice()?,
+            lp_aligned: lp_aligned.as_slice()?,
+            kl: kl.as_slice()?,
+            bf_mass: bf_mass.as_slice()?,
+            retain: retain.as_slice()?,
+            label_codes: label_codes.as_slice()?,
+            label_names: &label_names,
+            topk_token: topk_token.as_slice()?,
+            topk_lp_base: topk_lp_base.as_slice()?,
+            topk_lp_aligned: topk_lp_aligned.as_slice()?,
+        };
+        py.detach(|| {
+            let mut guard = self.inner.lock().map_err(|_| Error::BadBatch("poisoned".into()))?;
+            let builder = guard.as_mut().ok_or_else(|| Error::BadBatch("already written".into()))?;
+            builder.add_batch(&batch)
+        })
+        .map_err(value_error)
+    }
+
+    /// Response tokens added so far.
+    #[getter]
+    fn rows(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.inner.lock().ok().and_then(|g| g.as_ref().map(|b| b.rows())).unwrap_or(0))
+    }
+
+    /// Merge the partial states and write the index atomically; the builder is spent after.
+    fn write(&self, py: Python<'_>, path: PathBuf) -> PyResult<String> {
+        py.detach(|| {
+            let builder = self
+                .inner
+                .lock()
+                .map_err(|_| Error::BadBatch("poisoned".into()))?
+                .take()
+                .ok_or_else(|| Error::BadBatch("already written".into()))?;
+            let data = builder.finish();
+            bfti::write(&data, &path)?;
+            serde_json::to_string(&data.header).map_err(|e| Error::Corrupt(e.to_string()))
+        })
+        .map_err(value_error)
+    }
+}
+
+/// A `.bfti` index opened by mmap (checksum verified on open).
+#[pyclass(frozen, name = "Index", module = "bftcore._core")]
+struct PyIndex {
+    inner: MappedIndex,
+}
+
+impl PyIndex {
+    fn label_id(&self, label: &str) -> PyResult<usize> {
+        self.inner.header.labels.iter().position(|l| l == label).ok_or_else(|| {
+            CoreError::new_err(format!(
+                "no label {label:?} in the index (labels: {})",
+                self.inner.header.labels.join(", ")
+            ))
+        })
+    }
+}
+
+#[pymethods]
+impl PyIndex {
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = py.detach(|| MappedIndex::open(&path)).map_err(value_error)?;
+        Ok(PyIndex { inner })
+    }
+
+    /// The JSON header.
+    #[getter]
+    fn header_json(&self) -> PyResult<String> {
+        serde_json::to_string(&self.inner.header).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// One label's per-bucket aggregates: count, bf_realised (uint64 [B]) and sums (float64 [B, 4]:
+    /// kl, bf_mass, retain, log_ratio).
+    fn bucket_table<'py>(&self, py: Python<'py>, label: &str) -> PyResult<Bound<'py, PyDict>> {
+        let l = self.inner.label(self.label_id(label)?);
+        let nb = l.bucket_count.len();
+        let d = PyDict::new(py);
+        d.set_item("count", l.bucket_count.to_vec().into_pyarray(py))?;
+        d.set_item("bf_realised", l.bucket_bf_realised.to_vec().into_pyarray(py))?;
+        let sums = Array2::from_shape_vec((nb, 4), l.bucket_sums.to_vec())
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        d.set_item("sums", sums.into_pyarray(py))?;
+        Ok(d)
+    }
+
+    /// Copies of every array of one label: bucket_count, bucket_bf_realised [B], bucket_sums
+    /// [B, 4], token_occ, token_bf, token_member, token_log_ratio [B, V].
+    fn arrays<'py>(&self, py: Python<'py>, label: &str) -> PyResult<Bound<'py, PyDict>> {
+        let l = self.inner.label(self.label_id(label)?);
+        let (nb, v) = (l.bucket_count.len(), self.inner.header.vocab_size);
+        let shape_err = |e: numpy::ndarray::ShapeError| PyValueError::new_err(e.to_string());
+        let d = PyDict::new(py);
+        d.set_item("bucket_count", l.bucket_count.to_vec().into_pyarray(py))?;
+        d.set_item("bucket_bf_realised", l.bucket_bf_realised.to_vec().into_pyarray(py))?;
+        d.set_item("bucket_sums", Array2::from_shape_vec((nb, 4), l.bucket_sums.to_vec()).map_err(shape_err)?.into_pyarray(py))?;
+        for (name, a) in [("token_occ", l.token_occ), ("token_bf", l.token_bf), ("token_member", l.token_member)] {
+            d.set_item(name, Array2::from_shape_vec((nb, v), a.to_vec()).map_err(shape_err)?.into_pyarray(py))?;
+        }
+        d.set_item("token_log_ratio", Array2::from_shape_vec((nb, v), l.token_log_ratio.to_vec()).map_err(shape_err)?.into_pyarray(py))?;
+        Ok(d)
+    }
+
+    /// Top-n base-favored tokens of one (label, bucket), by membership count in B_t.
+    fn top_tokens<'py>(
+        &self,
+        py: Python<'py>,
+        label: &str,
+        bucket: usize,
+        n: usize,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let li = self.label_id(label)?;
+        if bucket >= self.inner.header.bucket_edges.len() {
+            return Err(CoreError::new_err(format!("no bucket {bucket}")));
+        }
+        let ids = py.detach(|| self.inner.top_tokens(li, bucket, n));
+        let l = self.inner.label(li);
+        let cell = |t: &u32| bucket * self.inner.header.vocab_size + *t as usize;
+        let d = PyDict::new(py);
+        d.set_item("member", ids.iter().map(|t| l.token_member[cell(t)]).collect::<Vec<_>>().into_pyarray(py))?;
+        d.set_item("occ", ids.iter().map(|t| l.token_occ[cell(t)]).collect::<Vec<_>>().into_pyarray(py))?;
+        d.set_item("bf", ids.iter().map(|t| l.token_bf[cell(t)]).collect::<Vec<_>>().into_pyarray(py))?;
+        d.set_item(
+            "log_ratio_sum",
+            ids.iter().map(|t| l.token_log_ratio[cell(t)]).collect::<Vec<_>>().into_pyarray(py),
+        )?;
+        d.set_item("token", ids.into_pyarray(py))?;
+        Ok(d)
+    }
+
+    /// One token's per-bucket histograms for one label: occ, bf, member, log_ratio_sum.
+    fn token_histogram<'py>(
+        &self,
+        py: Python<'py>,
+        label: &str,
+        token: u32,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let v = self.inner.header.vocab_size;
+        if token as usize >= v {
+            return Err(CoreError::new_err(format!("token id {token} is outside the vocabulary of {v}")));
+        }
+        let l = self.inner.label(self.label_id(label)?);
+        let nb = l.bucket_count.len();
+        let col = |a: &[u64]| (0..nb).map(|b| a[b * v + token as usize]).collect::<Vec<u64>>();
+        let d = PyDict::new(py);
+        d.set_item("occ", col(l.token_occ).into_pyarray(py))?;
+        d.set_item("bf", col(l.token_bf).into_pyarray(py))?;
+        d.set_item("member", col(l.token_member).into_pyarray(py))?;
+        let lr: Vec<f64> = (0..nb).map(|b| l.token_log_ratio[b * v + token as usize]).collect();
+        d.set_item("log_ratio_sum", lr.into_pyarray(py))?;
+        Ok(d)
+    }
+}
+
+/// Merge `.bfti` files into one (exactly the index of the union of their rows); returns its header.
+#[pyfunction]
+fn merge_indexes(py: Python<'_>, paths: Vec<PathBuf>, out: PathBuf) -> PyResult<String> {
+    py.detach(|| {
+        let merged = bfti::merge_files(&paths, &out)?;
+        serde_json::to_string(&merged.header).map_err(|e| Error::Corrupt(e.to_string()))
+    })
+    .map_err(value_error)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("CoreError", m.py().get_type::<CoreError>())?;
+    m.add_class::<PyIndexBuilder>()?;
+    m.add_class::<PyIndex>()?;
+    m.add_function(wrap_pyfunction!(merge_indexes, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_BUCKET_EDGES", DEFAULT_BUCKET_EDGES.to_vec())?;
     m.add_function(wrap_pyfunction!(bucket_of, m)?)?;

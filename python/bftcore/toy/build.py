@@ -17,6 +17,7 @@ build resumes at the first missing stage and a half-written stage is never taken
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import numpy as np
 from filelock import FileLock
 
 from bftcore import buckets
-from bftcore.chat import prompt_ids, response_ids
+from bftcore.chat import has_chat_template, prompt_ids, response_ids
 from bftcore.errors import BadInput
 from bftcore.models import ARCHS, atomic_dir, load_model, load_tokenizer, new_model, save_model, toy_config
 from bftcore.toy.language import REFUSALS, RECOVERY_REFUSALS, World
@@ -57,12 +58,12 @@ QWEN2_PRETOKENIZE_REGEX = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# The generator's own code: a change to any of these files changes the cache key.
+# The generator's own code: a change to any of these files, or to the shared functions it calls,
+# changes the cache key (other edits to the shared modules do not force a rebuild).
 _PKG = Path(__file__).resolve().parent.parent
-CODE_FILES = [
-    _PKG / "toy" / "language.py", _PKG / "toy" / "build.py", _PKG / "train.py",
-    _PKG / "chat.py", _PKG / "models.py",
-]
+CODE_FILES = [_PKG / "toy" / "language.py", _PKG / "toy" / "build.py", _PKG / "train.py"]
+CODE_FUNCTIONS = [prompt_ids, response_ids, has_chat_template, toy_config, new_model, save_model,
+                  atomic_dir, load_model, load_tokenizer]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class ToySettings:
         h = hashlib.sha256()
         for f in CODE_FILES:
             h.update(f.read_bytes())
+        for fn in CODE_FUNCTIONS:
+            h.update(inspect.getsource(fn).encode())
         h.update(json.dumps(asdict(self), sort_keys=True).encode())
         return h.hexdigest()[:12]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bftcore.chat import response_ids
 from bftcore.generate import Decoding, TorchGenerator
@@ -95,3 +96,26 @@ def measure(tw: ToyWorld, arch: str, *, device: str = "cpu",
             rows += [asr(gen, role, harmful, k) for k in PREFILL_KS]
         rows.append(exact_match(gen, role))
     return rows
+
+
+def signal_decay_checks(curves: Any, arch: str = "", label: str = "harmful",
+                        late_from: int = 17) -> list[Check]:
+    """TOYWORLD.md's index row on one label's per-bucket curves (`Index.curves()`): mean KL falls
+    by >= 10x from bucket 1 to every late bucket (positions >= `late_from`), and mean retention
+    rises from < 0.1 in bucket 1 to > 0.8 in every late bucket."""
+    rows = [r for r in curves.iter_rows(named=True) if r["label"] == label and r["count"]]
+    tag = f"{arch}: " if arch else ""
+    first = next((r for r in rows if r["lo"] == 1), None)
+    late = [r for r in rows if r["lo"] >= late_from]
+    if first is None or not late:
+        return [Check(f"{tag}signal decay on {label} responses", False,
+                      "no tokens at position 1 or at late positions")]
+    kl_ratio = min(first["mean_kl"] / max(r["mean_kl"], 1e-12) for r in late)
+    late_retain = min(r["mean_retain"] for r in late)
+    return [
+        Check(f"{tag}index: mean KL falls >= 10x from bucket 1 to the late buckets",
+              kl_ratio >= 10, f"{first['mean_kl']:.3g} nats at t=1, {kl_ratio:.0f}x the largest late mean"),
+        Check(f"{tag}index: mean R_t < 0.1 in bucket 1 and > 0.8 in the late buckets",
+              first["mean_retain"] < 0.1 and late_retain > 0.8,
+              f"{first['mean_retain']:.3f} at t=1, >= {late_retain:.3f} at t >= {late_from}"),
+    ]

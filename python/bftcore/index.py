@@ -1,0 +1,285 @@
+"""The base-favored-token index: built by the Rust core from scored shards, queried as polars.
+
+    build(shards, out)            one streaming pass over Parquet shards -> a `.bfti` file
+    merge(paths, out)             exact merge of partial indexes (multi-GPU, multi-machine)
+    Index(path)                   mmap-opened index: curves(), top_tokens(), token_histogram()
+
+Shards are read a record batch at a time; each column goes to the core as a numpy view of the
+Arrow buffer (no copy), and the core counts with the GIL released.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bftcore import _core
+from bftcore.buckets import bucket_labels
+from bftcore.errors import BadInput
+from bftcore.score import META_KEY, SHARD_FORMAT
+
+READ_BATCH = 1 << 16  # rows per record batch: bounds memory, whatever the corpus size
+BUCKET_FIELDS = ["count", "kl_sum", "bf_mass_sum", "retain_sum", "bf_realised", "log_ratio_sum"]
+
+
+def shard_meta(path: Path) -> dict[str, Any]:
+    """The bftcore metadata of a scored shard, or BadInput when it is not one."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:
+        raise BadInput(f"{path}: not a readable Parquet file ({e})") from e
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise BadInput(f"{path}: not a bftcore scored shard (no bftcore metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != SHARD_FORMAT:
+        raise BadInput(f"{path}: not a bftcore scored shard")
+    return dict(meta)
+
+
+def is_shard_dir(path: Path) -> bool:
+    """A directory of scored shards (as opposed to a corpus directory)."""
+    if not path.is_dir():
+        return False
+    files = sorted(path.glob("*.parquet"))
+    if not files:
+        return False
+    try:
+        shard_meta(files[0])
+    except BadInput:
+        return False
+    return True
+
+
+def _column(batch: Any, name: str, dtype: Any) -> np.ndarray:
+    col = batch.column(name)
+    if col.null_count:
+        raise BadInput(f"column {name} has missing values")
+    try:
+        return col.to_numpy(zero_copy_only=True)  # a view of the Arrow buffer
+    except Exception:  # another physical type: one conversion, still bounded by the batch
+        return np.ascontiguousarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _topk(batch: Any, name: str, k: int, dtype: Any) -> np.ndarray:
+    col = batch.column(name)
+    values = col.flatten()
+    if len(values) != k * batch.num_rows:
+        raise BadInput(f"column {name} does not hold k={k} values per row")
+    try:
+        return values.to_numpy(zero_copy_only=True)
+    except Exception:
+        return np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = None,
+          progress: Callable[[str, int, int], None] | None = None) -> "Index":
+    """Aggregate scored shards into `out` (.bfti), in one streaming pass."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not shards:
+        raise BadInput("no scored shards to index")
+    metas = [shard_meta(p) for p in shards]
+    first = metas[0]
+    for p, m in zip(shards, metas):
+        for key in ("base", "aligned", "tokenizer_hash", "k", "tau", "vocab_size"):
+            if m.get(key) != first.get(key):
+                raise BadInput(f"{p}: scored with another {key} than {shards[0]} "
+                               f"({m.get(key)!r} vs {first.get(key)!r})")
+    k, vocab = int(first["k"]), int(first["vocab_size"])
+    meta = {"base": first["base"], "aligned": first["aligned"], "shards": len(shards),
+            "created_by": f"bftcore {_core.__version__}"}
+    builder = _core.IndexBuilder(vocab, k, float(first["tau"]), first["tokenizer_hash"],
+                                 json.dumps(meta), None if edges is None else list(edges))
+    total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    for path in shards:
+        try:
+            pf = pq.ParquetFile(path)
+            for rb in pf.iter_batches(batch_size=READ_BATCH):
+                labels = pc.dictionary_encode(rb.column("label"))
+                if labels.null_count:
+                    raise BadInput(f"{path}: column label has missing values")
+                codes = labels.indices.to_numpy(zero_copy_only=False).astype(np.uint16)
+                builder.add_batch(
+                    _column(rb, "token", np.uint32), _column(rb, "pos", np.uint32),
+                    _column(rb, "lp_base", np.float32), _column(rb, "lp_aligned", np.float32),
+                    _column(rb, "kl", np.float32), _column(rb, "bf_mass", np.float32),
+                    _column(rb, "retain", np.float32), codes,
+                    [str(x) for x in labels.dictionary.to_pylist()],
+                    _topk(rb, "topk_token", k, np.uint32), _topk(rb, "topk_lp_base", k, np.float32),
+                    _topk(rb, "topk_lp_aligned", k, np.float32),
+                )
+                if progress:
+                    progress("indexing", builder.rows, total)
+        except _core.CoreError as e:
+            raise BadInput(f"{path}: {e}") from e
+        except KeyError as e:
+            raise BadInput(f"{path}: missing column {e}") from e
+        except OSError as e:
+            raise BadInput(f"{path}: unreadable ({e})") from e
+    _write(builder, out)
+    return Index(out)
+
+
+def _write(builder: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        builder.write(str(out))
+    except _core.CoreError as e:
+        raise BadInput(f"{out}: {e}") from e
+
+
+def merge(paths: Sequence[Path], out: Path) -> "Index":
+    """Exact merge: the index of the union of the inputs' rows."""
+    if not paths:
+        raise BadInput("nothing to merge")
+    try:
+        _core.merge_indexes([str(p) for p in paths], str(out))
+    except _core.CoreError as e:
+        raise BadInput(str(e)) from e
+    return Index(out)
+
+
+class Index:
+    """A `.bfti` file opened by mmap; every query returns a polars DataFrame."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BadInput(f"{self.path}: no such index file")
+        try:
+            self._core = _core.Index.open(str(self.path))
+        except _core.CoreError as e:
+            raise BadInput(f"{self.path}: {e}") from e
+        except OSError as e:
+            raise BadInput(f"{self.path}: {e}") from e
+        self.header: dict[str, Any] = json.loads(self._core.header_json)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.header["labels"])
+
+    @property
+    def edges(self) -> list[int]:
+        return list(self.header["bucket_edges"])
+
+    def _label(self, label: str | None) -> str:
+        if label is None:
+            return "harmful" if "harmful" in self.labels else self.labels[0]
+        if label not in self.labels:
+            raise BadInput(f"no label {label!r} in {self.path} (labels: {', '.join(self.labels)})")
+        return label
+
+    def curves(self) -> Any:
+        """One row per (label, bucket): the aggregates and their per-token means."""
+        import polars as pl
+
+        rows = []
+        names = bucket_labels(self.edges)
+        for label in self.labels:
+            t = self._core.bucket_table(label)
+            for b, lo in enumerate(self.edges):
+                hi = self.edges[b + 1] - 1 if b + 1 < len(self.edges) else None
+                n = int(t["count"][b])
+                kl, mass, retain, ratio = (float(x) for x in t["sums"][b])
+                bf = int(t["bf_realised"][b])
+                rows.append({
+                    "label": label, "bucket": b, "positions": names[b], "lo": lo, "hi": hi,
+                    "count": n, "kl_sum": kl, "bf_mass_sum": mass, "retain_sum": retain,
+                    "bf_realised": bf, "log_ratio_sum": ratio,
+                    "mean_kl": kl / n if n else None, "mean_bf_mass": mass / n if n else None,
+                    "mean_retain": retain / n if n else None, "bf_rate": bf / n if n else None,
+                    "mean_log_ratio": ratio / n if n else None,
+                })
+        return pl.DataFrame(rows, schema_overrides={"hi": pl.Int64})
+
+    def top_tokens(self, bucket: int, n: int = 20, label: str | None = None,
+                   tokenizer: Any = None) -> Any:
+        """The n tokens most often base-favored (in B_t) at positions of `bucket`."""
+        import polars as pl
+
+        label = self._label(label)
+        if not 0 <= bucket < len(self.edges):
+            raise BadInput(f"no bucket {bucket} (buckets 0-{len(self.edges) - 1})")
+        t = self._core.top_tokens(label, bucket, n)
+        ids = t["token"].tolist()
+        return pl.DataFrame({
+            "bucket": [bucket] * len(ids), "token": ids,
+            "text": [_decode(tokenizer, i) for i in ids],
+            "base_favored": t["member"].tolist(), "occurrences": t["occ"].tolist(),
+            "realised_base_favored": t["bf"].tolist(), "log_ratio_sum": t["log_ratio_sum"].tolist(),
+        }, schema_overrides={"text": pl.String})
+
+    def token_histogram(self, token: int, label: str | None = None) -> Any:
+        """One token's counts per position bucket."""
+        import polars as pl
+
+        label = self._label(label)
+        if not 0 <= token < int(self.header["vocab_size"]):
+            raise BadInput(f"token id {token} is outside the vocabulary of {self.header['vocab_size']}")
+        t = self._core.token_histogram(label, token)
+        return pl.DataFrame({
+            "bucket": list(range(len(self.edges))), "positions": bucket_labels(self.edges),
+            "occurrences": t["occ"].tolist(), "realised_base_favored": t["bf"].tolist(),
+            "base_favored": t["member"].tolist(), "log_ratio_sum": t["log_ratio_sum"].tolist(),
+        })
+
+    def to_json(self, *, top: int = 10, tokenizer: Any = None, bucket: int | None = None) -> dict[str, Any]:
+        """The stable `inspect --json` object: header, buckets, top_tokens."""
+        curves = self.curves()
+        buckets = [{k: r[k] for k in ("label", "bucket", "lo", "hi", *BUCKET_FIELDS)}
+                   for r in curves.iter_rows(named=True)]
+        label = self._label(None)
+        chosen = [bucket] if bucket is not None else range(len(self.edges))
+        top_tokens = []
+        for b in chosen:
+            df = self.top_tokens(b, top, label, tokenizer)
+            top_tokens.append({"label": label, "bucket": b, "tokens": [
+                {"token": r["token"], "text": r["text"], "base_favored": r["base_favored"]}
+                for r in df.iter_rows(named=True)]})
+        return {"header": self.header, "buckets": buckets, "top_tokens": top_tokens}
+
+
+def _decode(tokenizer: Any, token: int) -> str | None:
+    if tokenizer is None:
+        return None
+    return str(tokenizer.decode([token]))
+
+
+def plot_signal_decay(index: Index, path: Path) -> None:
+    """KL, retention R_t, M_t and base-favored rate per position bucket, per label (log x axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = index.curves()
+    panels = [("mean_kl", "KL(π_a ‖ π_b) [nats]", True), ("mean_retain", "retention R_t", False),
+              ("mean_bf_mass", "M_t (aligned mass on B_t)", False),
+              ("bf_rate", "realised base-favored rate", False)]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), constrained_layout=True)
+    for ax, (col, title, logy) in zip(axes, panels):
+        for label in index.labels:
+            df = curves.filter((curves["label"] == label) & (curves["count"] > 0))
+            x = [lo if hi is None else (lo * hi) ** 0.5 for lo, hi in zip(df["lo"], df["hi"])]
+            ax.plot(x, df[col].to_list(), marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("response position")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"signal decay: {Path(index.header['meta'].get('aligned', '')).name} vs "
+                 f"{Path(index.header['meta'].get('base', '')).name}, {index.header['rows']} tokens")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,304 @@
+//! The `.bfti` file (DESIGN.md §3): one versioned file, opened by mmap.
+//!
+//! ```text
+//! 0   8  magic  b"\x89BFTI\r\n\x1a" (binary, and broken by text-mode copies)
+//! 8   4  u32 format version
+//! 12  4  u32 reserved (0)
+//! 16  8  u64 length of the JSON header
+//! 24  8  u64 xxh3-64 checksum of every byte from offset 32 to the end
+//! 32  .  JSON header, padded with spaces to a multiple of 8
+//! .   .  per label, little-endian: bucket_count u64[B], bucket_bf_realised u64[B],
+//!        bucket_sums f64[B*4], token_occ u64[B*V], token_bf u64[B*V],
+//!        token_member u64[B*V], token_log_ratio f64[B*V]
+//! ```
+//! Written to a temporary file beside the target, synced, then renamed over it: a crash or a
+//! full disk leaves the previous index intact.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::index::{Header, IndexData, LabelStats, BUCKET_SUMS, FORMAT, VERSION};
+use crate::Error;
+
+#[cfg(target_endian = "big")]
+compile_error!("the .bfti format is read in place as little-endian arrays");
+
+pub const MAGIC: [u8; 8] = *b"\x89BFTI\r\n\x1a";
+const PREFIX: usize = 32;
+
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Io(format!("{}: {e}", path.display()))
+}
+
+fn label_bytes(buckets: usize, vocab: usize) -> usize {
+    8 * (2 * buckets + BUCKET_SUMS.len() * buckets + 4 * buckets * vocab)
+}
+
+/// Write `index` to `path` atomically (temporary file, fsync, rename).
+pub fn write(index: &IndexData, path: &Path) -> Result<(), Error> {
+    let header = serde_json::to_vec(&index.header).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let padded = header.len().div_ceil(8) * 8;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<(), Error> {
+        let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = Xxh3::new();
+        let mut put = |w: &mut BufWriter<File>, bytes: &[u8]| -> Result<(), Error> {
+            hasher.update(bytes);
+            w.write_all(bytes).map_err(|e| io_err(&tmp, e))
+        };
+        w.write_all(&MAGIC).map_err(|e| io_err(&tmp, e))?;
+        w.write_all(&VERSION.to_le_bytes()).map_err(|e| io_err(&tmp, e))?;
+        w.write_all(&0u32.to_le_bytes()).map_err(|e| io_err(&tmp, e))?;
+        w.write_all(&(padded as u64).to_le_bytes()).map_err(|e| io_err(&tmp, e))?;
+        w.write_all(&0u64.to_le_bytes()).map_err(|e| io_err(&tmp, e))?; // checksum, set below
+        put(&mut w, &header)?;
+        put(&mut w, &vec![b' '; padded - header.len()])?;
+        for s in &index.stats {
+            put(&mut w, bytemuck::cast_slice(&s.bucket_count))?;
+            put(&mut w, bytemuck::cast_slice(&s.bucket_bf_realised))?;
+            put(&mut w, bytemuck::cast_slice(&s.bucket_sums))?;
+            put(&mut w, bytemuck::cast_slice(&s.token_occ))?;
+            put(&mut w, bytemuck::cast_slice(&s.token_bf))?;
+            put(&mut w, bytemuck::cast_slice(&s.token_member))?;
+            put(&mut w, bytemuck::cast_slice(&s.token_log_ratio))?;
+        }
+        let mut file = w.into_inner().map_err(|e| io_err(&tmp, e.into_error()))?;
+        file.seek(SeekFrom::Start(24)).map_err(|e| io_err(&tmp, e))?;
+        file.write_all(&hasher.digest().to_le_bytes()).map_err(|e| io_err(&tmp, e))?;
+        file.sync_all().map_err(|e| io_err(&tmp, e))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(path, e)
+    })?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all(); // make the rename durable
+    }
+    Ok(())
+}
+
+/// An index opened by mmap: the header parsed, the arrays read in place.
+pub struct MappedIndex {
+    map: Mmap,
+    pub header: Header,
+    arrays_at: usize,
+}
+
+impl MappedIndex {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let file = File::open(path).map_err(|e| io_err(path, e))?;
+        // SAFETY: the map is read-only; a concurrent writer replaces the file by rename and
+        // never rewrites it in place, so the mapped bytes do not change under us.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
+        Self::from_map(map, path)
+    }
+
+    fn from_map(map: Mmap, path: &Path) -> Result<Self, Error> {
+        let bytes = &map[..];
+        if bytes.len() < 8 || bytes[..8] != MAGIC {
+            return Err(Error::NotAnIndex(path.display().to_string()));
+        }
+        if bytes.len() < PREFIX {
+            return Err(Error::Corrupt("truncated inside the fixed header".into()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+        let version = u32_at(8);
+        if version > VERSION {
+            return Err(Error::NewerVersion { found: version, supported: VERSION });
+        }
+        if version == 0 {
+            return Err(Error::Corrupt("version 0".into()));
+        }
+        let header_len = u64_at(16);
+        if header_len % 8 != 0 || header_len > (bytes.len() - PREFIX) as u64 {
+            return Err(Error::Corrupt(format!(
+                "header length {header_len} does not fit a file of {} bytes (truncated?)",
+                bytes.len()
+            )));
+        }
+        if xxhash_rust::xxh3::xxh3_64(&bytes[PREFIX..]) != u64_at(24) {
+            return Err(Error::ChecksumMismatch);
+        }
+        let arrays_at = PREFIX + header_len as usize;
+        let header: Header = serde_json::from_slice(bytes[PREFIX..arrays_at].trim_ascii_end())
+            .map_err(|e| Error::Corrupt(format!("header: {e}")))?;
+        if header.format != FORMAT || header.version != version {
+            return Err(Error::Corrupt("header does not match the file's format or version".into()));
+        }
+        let per = label_bytes(header.bucket_edges.len(), header.vocab_size);
+        let want = per
+            .checked_mul(header.labels.len())
+            .and_then(|x| x.checked_add(arrays_at))
+            .ok_or_else(|| Error::Corrupt("header sizes overflow".into()))?;
+        if want != bytes.len() {
+            return Err(Error::Corrupt(format!(
+                "{} bytes, the header describes {want}",
+                bytes.len()
+            )));
+        }
+        crate::Buckets::new(header.bucket_edges.clone())?;
+        Ok(MappedIndex { map, header, arrays_at })
+    }
+
+    fn array<T: bytemuck::Pod>(&self, label: usize, offset: usize, len: usize) -> &[T] {
+        let base = self.arrays_at
+            + label * label_bytes(self.header.bucket_edges.len(), self.header.vocab_size)
+            + offset;
+        bytemuck::cast_slice(&self.map[base..base + len * 8])
+    }
+
+    /// Borrowed views of one label's arrays.
+    pub fn label(&self, i: usize) -> LabelView<'_> {
+        let (b, v) = (self.header.bucket_edges.len(), self.header.vocab_size);
+        let mut o = 0;
+        let mut next = |len: usize| {
+            let at = o;
+            o += len * 8;
+            (at, len)
+        };
+        let (c, bf, sums, occ, tbf, mem, lr) =
+            (next(b), next(b), next(b * 4), next(b * v), next(b * v), next(b * v), next(b * v));
+        LabelView {
+            bucket_count: self.array(i, c.0, c.1),
+            bucket_bf_realised: self.array(i, bf.0, bf.1),
+            bucket_sums: self.array(i, sums.0, sums.1),
+            token_occ: self.array(i, occ.0, occ.1),
+            token_bf: self.array(i, tbf.0, tbf.1),
+            token_member: self.array(i, mem.0, mem.1),
+            token_log_ratio: self.array(i, lr.0, lr.1),
+        }
+    }
+
+    /// An owned copy (for merging).
+    pub fn to_data(&self) -> IndexData {
+        let stats = (0..self.header.labels.len())
+            .map(|i| {
+                let l = self.label(i);
+                LabelStats {
+                    bucket_count: l.bucket_count.to_vec(),
+                    bucket_bf_realised: l.bucket_bf_realised.to_vec(),
+                    bucket_sums: l.bucket_sums.to_vec(),
+                    token_occ: l.token_occ.to_vec(),
+                    token_bf: l.token_bf.to_vec(),
+                    token_member: l.token_member.to_vec(),
+                    token_log_ratio: l.token_log_ratio.to_vec(),
+                }
+            })
+            .collect();
+        IndexData { header: self.header.clone(), stats }
+    }
+
+    /// Top-n tokens of one (label, bucket) by membership in B_t; ties by token id.
+    pub fn top_tokens(&self, label: usize, bucket: usize, n: usize) -> Vec<u32> {
+        let v = self.header.vocab_size;
+        let members = &self.label(label).token_member[bucket * v..(bucket + 1) * v];
+        let mut ids: Vec<u32> = (0..v as u32).filter(|&t| members[t as usize] > 0).collect();
+        ids.sort_by(|&a, &b| members[b as usize].cmp(&members[a as usize]).then(a.cmp(&b)));
+        ids.truncate(n);
+        ids
+    }
+}
+
+pub struct LabelView<'a> {
+    pub bucket_count: &'a [u64],
+    pub bucket_bf_realised: &'a [u64],
+    pub bucket_sums: &'a [f64],
+    pub token_occ: &'a [u64],
+    pub token_bf: &'a [u64],
+    pub token_member: &'a [u64],
+    pub token_log_ratio: &'a [f64],
+}
+
+/// Merge index files into one, written atomically.
+pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<IndexData, Error> {
+    let mut acc: Option<IndexData> = None;
+    for p in inputs {
+        let data = MappedIndex::open(p)?.to_data();
+        acc = Some(match acc {
+            None => data,
+            Some(a) => a.merge(&data).map_err(|e| match e {
+                Error::ShapeMismatch(why) => Error::ShapeMismatch(format!("{}: {why}", p.display())),
+                other => other,
+            })?,
+        });
+    }
+    let merged = acc.ok_or_else(|| Error::Io("nothing to merge".into()))?;
+    write(&merged, out)?;
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::tests::{assert_close, builder, random};
+
+    fn sample() -> IndexData {
+        let o = random(2000, 3, 30, 9);
+        let mut b = builder(30, 3);
+        b.add_batch(&o.batch()).unwrap();
+        b.finish()
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bfti");
+        let idx = sample();
+        write(&idx, &path).unwrap();
+        let m = MappedIndex::open(&path).unwrap();
+        assert_close(&m.to_data(), &idx);
+        assert!(m.top_tokens(0, 8, 5).len() <= 5);
+        // nothing left behind but the index
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn damage_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bfti");
+        write(&sample(), &path).unwrap();
+        let good = fs::read(&path).unwrap();
+        let try_bytes = |bytes: &[u8]| {
+            let p = dir.path().join("bad.bfti");
+            fs::write(&p, bytes).unwrap();
+            MappedIndex::open(&p).err().expect("must fail")
+        };
+        assert!(matches!(try_bytes(b"PAR1 not an index at all"), Error::NotAnIndex(_)));
+        assert!(matches!(try_bytes(&good[..good.len() - 8]), Error::ChecksumMismatch | Error::Corrupt(_)));
+        assert!(matches!(try_bytes(&good[..20]), Error::Corrupt(_)));
+        let mut flipped = good.clone();
+        let at = flipped.len() - 100;
+        flipped[at] ^= 0x10;
+        assert_eq!(try_bytes(&flipped), Error::ChecksumMismatch);
+        let mut newer = good.clone();
+        newer[8] = 2;
+        assert!(matches!(try_bytes(&newer), Error::NewerVersion { found: 2, supported: 1 }));
+        assert!(matches!(try_bytes(b""), Error::NotAnIndex(_)));
+    }
+
+    #[test]
+    fn failed_write_keeps_the_previous_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bfti");
+        write(&sample(), &path).unwrap();
+        let before = fs::read(&path).unwrap();
+        // a directory where the temporary file would go makes the write fail
+        let blocker = dir.path().join(format!(".x.bfti.tmp-{}", std::process::id()));
+        fs::create_dir(&blocker).unwrap();
+        assert!(write(&sample(), &path).is_err());
+        assert_eq!(fs::read(&path).unwrap(), before);
+    }
+}

@@ -1,0 +1,169 @@
+"""`bftcore index / merge / inspect` end to end on the toy world, torchrun, and damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bftcore.corpus import read_corpus
+from bftcore.index import Index, build
+from bftcore.score import ScoreConfig, score_corpus, shard_paths
+from bftcore.toy.check import signal_decay_checks
+from conftest import run_cli, shared_data
+
+BUCKET_KEYS = ["label", "bucket", "lo", "hi", "count", "kl_sum", "bf_mass_sum", "retain_sum",
+               "bf_realised", "log_ratio_sum"]
+
+
+@pytest.fixture(scope="module")
+def heldout(toy, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The held-out toy responses indexed by the CLI (llama)."""
+    out = tmp_path_factory.mktemp("idx") / "heldout.bfti"
+    r = run_cli("index", str(toy.data_dir / "harmful_heldout.jsonl"),
+                str(toy.data_dir / "benign_heldout.jsonl"), "--base", str(toy.model_dir("llama", "base")),
+                "--aligned", str(toy.model_dir("llama", "aligned")), "--out", str(out),
+                "--shard-size", "100", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["score"]["docs"] == 360 and report["header"]["rows"] > 30_000
+    assert [list(b) for b in report["buckets"]][0] == BUCKET_KEYS
+    return out
+
+
+def assert_same_index(a: Index, b: Index) -> None:
+    assert a.labels == b.labels and a.header["rows"] == b.header["rows"]
+    for label in a.labels:
+        x, y = a._core.arrays(label), b._core.arrays(label)
+        for name in x:
+            if x[name].dtype.kind == "u":
+                assert np.array_equal(x[name], y[name]), name
+            else:
+                np.testing.assert_allclose(x[name], y[name], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_signal_decay_holds_on_the_toy_world(toy, arch: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    records, _ = read_corpus([toy.data_dir / "harmful_heldout.jsonl",
+                              toy.data_dir / "benign_heldout.jsonl"])
+    score_corpus(records, toy.model_dir(arch, "base"), toy.model_dir(arch, "aligned"),
+                 tmp_path / "s", ScoreConfig())
+    idx = build(shard_paths(tmp_path / "s"), tmp_path / "x.bfti")
+    checks = signal_decay_checks(idx.curves(), arch)
+    assert len(checks) == 2 and all(c.holds for c in checks), checks
+    # benign responses: nothing to unlearn, retention near 1 everywhere
+    benign = idx.curves().filter(idx.curves()["label"] == "benign")
+    assert benign.filter(benign["count"] > 0)["mean_retain"].min() > 0.9
+
+
+def test_shards_are_aggregated_directly(heldout: Path, tmp_path: Path) -> None:
+    r = run_cli("index", str(heldout) + ".shards", "--out", str(tmp_path / "again.bfti"))
+    assert r.returncode == 0, r.stderr
+    assert "per position bucket" in r.stdout
+    assert_same_index(Index(heldout), Index(tmp_path / "again.bfti"))
+
+
+def test_inspect_json_is_stable_and_plots(heldout: Path, tmp_path: Path) -> None:
+    png = tmp_path / "decay.png"
+    r = run_cli("inspect", str(heldout), "--json", "--top", "3", "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    assert list(obj) == ["header", "buckets", "top_tokens"]
+    assert {"format", "version", "labels", "k", "tau", "tokenizer_hash", "bucket_edges", "rows",
+            "vocab_size", "meta"} <= set(obj["header"])
+    assert all(list(b) == BUCKET_KEYS for b in obj["buckets"])
+    assert len(obj["buckets"]) == 2 * 10
+    first = obj["top_tokens"][0]
+    assert first["bucket"] == 0 and len(first["tokens"]) == 3
+    assert set(first["tokens"][0]) == {"token", "text", "base_favored"}
+    # the realised opener of a harmful answer is base-favored at position 1
+    assert "Sure" in [t["text"] for t in first["tokens"]]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    r = run_cli("inspect", str(heldout), "--bucket", "6", "--top", "5")
+    assert r.returncode == 0 and "bucket 6" in r.stdout
+
+
+def test_merge_of_split_corpora_equals_the_whole(toy, heldout: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, aligned = str(toy.model_dir("llama", "base")), str(toy.model_dir("llama", "aligned"))
+    parts = []
+    for name in ("harmful_heldout", "benign_heldout"):
+        out = tmp_path / f"{name}.bfti"
+        r = run_cli("index", str(toy.data_dir / f"{name}.jsonl"), "--base", base, "--aligned",
+                    aligned, "--out", str(out), "--device", "cpu")
+        assert r.returncode == 0, r.stderr
+        parts.append(out)
+    r = run_cli("merge", *map(str, reversed(parts)), "--out", str(tmp_path / "m.bfti"))
+    assert r.returncode == 0, r.stderr
+    merged, whole = Index(tmp_path / "m.bfti"), Index(heldout)
+    assert merged.labels == whole.labels and merged.header["rows"] == whole.header["rows"]
+    for label in whole.labels:
+        x, y = merged._core.arrays(label), whole._core.arrays(label)
+        assert np.array_equal(x["token_occ"], y["token_occ"])
+        np.testing.assert_allclose(x["bucket_sums"], y["bucket_sums"], rtol=1e-5)
+
+
+def test_damaged_and_foreign_files_exit_2(heldout: Path, tmp_path: Path) -> None:
+    good = heldout.read_bytes()
+    cases = {"truncated.bfti": good[: len(good) // 2], "flipped.bfti": good[:-50] + bytes([good[-50] ^ 1]) + good[-49:],
+             "foreign.bfti": b"PAR1" + b"\0" * 100, "empty.bfti": b"",
+             "newer.bfti": good[:8] + (7).to_bytes(4, "little") + good[12:]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        r = run_cli("inspect", str(tmp_path / name))
+        assert r.returncode == 2, (name, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "newer" in run_cli("inspect", str(tmp_path / "newer.bfti")).stderr
+    assert "checksum" in run_cli("inspect", str(tmp_path / "flipped.bfti")).stderr
+    assert "not a .bfti" in run_cli("inspect", str(tmp_path / "foreign.bfti")).stderr
+    r = run_cli("merge", str(heldout), str(tmp_path / "foreign.bfti"), "--out", str(tmp_path / "m.bfti"))
+    assert r.returncode == 2 and not (tmp_path / "m.bfti").exists()
+
+
+def test_index_tokenizer_must_match_the_model_given(toy, heldout: Path) -> None:  # type: ignore[no-untyped-def]
+    r = run_cli("inspect", str(heldout), "--tokenizer", str(toy.model_dir("qwen2", "aligned")))
+    assert r.returncode == 2 and "does not match" in r.stderr
+
+
+def test_index_needs_models_for_a_corpus(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = run_cli("index", str(toy.data_dir / "harmful_heldout.jsonl"), "--out", str(tmp_path / "x.bfti"))
+    assert r.returncode == 2 and "--base and --aligned" in r.stderr
+
+
+def test_index_runs_on_every_shared_data_file(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "shared.bfti"
+    r = run_cli("index", str(shared_data()), "--base", str(toy.model_dir("llama", "base")),
+                "--aligned", str(toy.model_dir("llama", "aligned")), "--out", str(out),
+                "--max-length", "160", "--max-new-tokens", "24", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["read"]["records"] == 2155 and report["score"]["generated"] == 400
+    score = report["score"]
+    # prompts longer than the context are skipped and counted; longer responses truncated
+    assert score["docs"] + score["skipped_too_long"] + score["skipped_empty"] == 2155
+    assert score["docs"] > 1900 and score["truncated"] > 0 and report["header"]["rows"] > 50_000
+    assert report["header"]["labels"] == ["harmful"]
+
+
+def test_torchrun_two_ranks_equal_one_process(toy, heldout: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "dist.bfti"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29517", "-m", "bftcore", "index",
+           str(toy.data_dir / "harmful_heldout.jsonl"), str(toy.data_dir / "benign_heldout.jsonl"),
+           "--base", str(toy.model_dir("llama", "base")), "--aligned",
+           str(toy.model_dir("llama", "aligned")), "--out", str(out), "--shard-size", "100",
+           "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.bfti", "dist.bfti.shards"]
+    # each rank scored its own shards: the same shards as the single process
+    single = [p.read_bytes() for p in shard_paths(Path(str(heldout) + ".shards"))]
+    assert len(single) == 4
+    dist = Index(out)
+    assert dist.header["rows"] == Index(heldout).header["rows"]
+    assert_same_index(dist, Index(heldout))
