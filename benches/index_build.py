@@ -6,7 +6,8 @@ Each engine runs in a fresh process over the same shards and computes the same a
 (METHOD.md §1 "The index"): per (label, bucket) counts and sums, per (label, bucket, token)
 occurrences, realised base-favored counts and log-ratio sums, and memberships in B_t. `read` is the
 plain read of the same columns as numpy arrays: the limit that the reading itself sets.
-Prints rows/s, seconds and peak RSS per engine, and ratios against the Rust core.
+Prints rows/s, the best seconds of --repeat runs and peak RSS per engine, and ratios against the
+Rust core. Each engine process runs under an address-space cap (--mem-limit-gb).
 """
 
 from __future__ import annotations
@@ -22,45 +23,32 @@ from pathlib import Path
 
 def run_engine(engine: str, shard_dir: Path) -> dict[str, float]:
     import numpy as np
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from bftcore import _reference
     from bftcore import index as bfti
-    from bftcore.score import shard_paths
+    from bftcore.shards import shard_meta, shard_paths
 
     shards = shard_paths(shard_dir)
-    k = int(bfti.shard_meta(shards[0])["k"])
-    vocab = int(bfti.shard_meta(shards[0])["vocab_size"])
+    k = int(shard_meta(shards[0])["k"])
+    vocab = int(shard_meta(shards[0])["vocab_size"])
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
-
-    def batches():  # the same reader as bftcore.index.build
-        for p in shards:
-            for rb in pq.ParquetFile(p).iter_batches(batch_size=bfti.READ_BATCH):
-                labels = pc.dictionary_encode(rb.column("label"))
-                yield rb, labels
 
     t0 = time.perf_counter()
     if engine == "rust":
         bfti.build(shards, shard_dir.with_suffix(".bench.bfti"))
-    elif engine == "read":
-        total = 0
-        for rb, labels in batches():
-            cols = [bfti._column(rb, c, np.float32) for c in
-                    ("token", "pos", "lp_base", "lp_aligned", "kl", "bf_mass", "retain")]
-            tops = [bfti._topk(rb, c, k, np.float32) for c in
-                    ("topk_token", "topk_lp_base", "topk_lp_aligned")]
-            codes = labels.indices.to_numpy(zero_copy_only=False)
-            total += len(cols[0]) + len(tops[0]) + len(codes)
+    elif engine == "read":  # the same reader and conversions as bftcore.index.build, no aggregation
+        for _ in bfti._batches(shards, k):
+            pass
     elif engine == "numpy":
+        names = ("token", "pos", "lp_base", "lp_aligned", "kl", "bf_mass", "retain")
+
         def as_dicts():
-            for rb, labels in batches():
-                names = np.asarray(labels.dictionary.to_pylist())
-                d = {c: bfti._column(rb, c, np.float32) for c in
-                     ("token", "pos", "lp_base", "lp_aligned", "kl", "bf_mass", "retain")}
-                d["label"] = names[labels.indices.to_numpy(zero_copy_only=False)]
-                for c in ("topk_token", "topk_lp_base", "topk_lp_aligned"):
-                    d[c] = bfti._topk(rb, c, k, np.float32).reshape(-1, k)
+            for _, args in bfti._batches(shards, k):
+                d = dict(zip(names, args[:7]))
+                d["label"] = np.asarray(args[8])[args[7]]
+                for c, a in zip(("topk_token", "topk_lp_base", "topk_lp_aligned"), args[9:]):
+                    d[c] = a.reshape(-1, k)
                 yield d
         _reference.index_aggregates(as_dicts(), vocab, k)
     elif engine.startswith("polars"):
@@ -99,21 +87,34 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("shards", type=Path)
     ap.add_argument("--engines", default="rust,read,numpy,polars-streaming,polars-eager")
+    ap.add_argument("--mem-limit-gb", type=float, default=20.0,
+                    help="address-space cap per engine process: an engine that needs more fails "
+                         "instead of pushing the machine into swap or the OOM killer")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per engine; the best time is kept")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         print(json.dumps(run_engine(a.child, a.shards)))
         return
-    results = {}
-    for engine in a.engines.split(","):
-        r = subprocess.run([sys.executable, __file__, str(a.shards), "--child", engine],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            results[engine] = {"error": (r.stderr.strip().splitlines() or ["killed"])[-1][:200],
-                               "returncode": r.returncode}
-        else:
-            results[engine] = json.loads(r.stdout.strip().splitlines()[-1])
-        print(engine, results[engine], flush=True)
+    results: dict[str, dict] = {}
+    cap = int(a.mem_limit_gb * 2**30)
+    for _ in range(a.repeat):  # engines interleaved, so that a noisy minute hits them all
+        for engine in a.engines.split(","):
+            if "error" in results.get(engine, {}):
+                continue
+            r = subprocess.run([sys.executable, __file__, str(a.shards), "--child", engine],
+                               capture_output=True, text=True,
+                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+            if r.returncode != 0:
+                results[engine] = {"error": (r.stderr.strip().splitlines() or ["killed"])[0][:200],
+                                   "returncode": r.returncode}
+            else:
+                got = json.loads(r.stdout.strip().splitlines()[-1])
+                best = results.get(engine)
+                if best is None or got["seconds"] < best["seconds"]:
+                    got["peak_rss_mib"] = max(got["peak_rss_mib"], (best or got)["peak_rss_mib"])
+                    results[engine] = got
+            print(engine, results[engine], flush=True)
     rust = results.get("rust", {}).get("seconds")
     print("\n| engine | rows | seconds | rows/s | peak RSS MiB | time / rust |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -9,12 +9,12 @@ two labels, log-probs and top-k drawn at random. Deterministic for a seed.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from bftcore.shards import write_shard
 
 ROWS_PER_SHARD = 1_000_000
 
@@ -53,16 +53,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps({"format": "bftcore-scored-shard", "version": 1, "base": "synthetic-base",
-                       "aligned": "synthetic-aligned", "tokenizer_hash": "synthetic", "k": a.k,
-                       "tau": 0.0, "vocab_size": a.vocab}).encode()
+    meta = {"format": "bftcore-scored-shard", "version": 1, "base": "synthetic-base",
+            "aligned": "synthetic-aligned", "tokenizer_hash": "synthetic", "k": a.k, "tau": 0.0,
+            "vocab_size": a.vocab}
     rng = np.random.default_rng(a.seed)
     doc, left, i = 0, a.rows, 0
     while left > 0:
         n = min(ROWS_PER_SHARD, left)
         table, doc = shard(rng, n, a.k, a.vocab, doc)
-        pq.write_table(table.replace_schema_metadata({b"bftcore": meta}),
-                       a.out / f"shard-{i:05d}.parquet", compression="zstd")
+        write_shard(table, a.out / f"shard-{i:05d}.parquet", meta)  # as bftcore score writes them
         left, i = left - n, i + 1
     print(f"{a.rows} rows in {i} shards under {a.out}")
 

@@ -13,7 +13,8 @@ import pytest
 
 from bftcore.corpus import read_corpus
 from bftcore.index import Index, build
-from bftcore.score import ScoreConfig, score_corpus, shard_paths
+from bftcore.score import ScoreConfig, score_corpus
+from bftcore.shards import shard_paths
 from bftcore.toy.check import signal_decay_checks
 from conftest import run_cli, shared_data
 

@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bftcore import _core, _reference
-from bftcore.errors import BadInput
 from bftcore.index import Index, merge
 
 LABELS = ["harmful", "benign", "x"]

@@ -12,7 +12,8 @@ import pytest
 
 from bftcore.corpus import Record, read_corpus
 from bftcore.errors import BadInput
-from bftcore.score import ScoreConfig, score_corpus, shard_paths
+from bftcore.score import ScoreConfig, score_corpus
+from bftcore.shards import shard_paths
 
 
 @pytest.fixture(scope="module")

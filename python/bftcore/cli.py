@@ -413,11 +413,12 @@ def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, o
     """
     from bftcore import index as bfti
     from bftcore.models import resolve_device
-    from bftcore.score import score_corpus, shard_paths
+    from bftcore.score import score_corpus
+    from bftcore.shards import is_shard, is_shard_dir, shard_paths
 
     rank, world = _distributed()
     report, summary = None, None
-    if all(bfti.is_shard_dir(p) or (p.suffix == ".parquet" and p.is_file() and _is_shard(p))
+    if all(is_shard_dir(p) or (p.suffix == ".parquet" and p.is_file() and is_shard(p))
            for p in corpus):
         def listed() -> list[Path]:
             return sorted(s for p in corpus for s in (shard_paths(p) if p.is_dir() else [p]))
@@ -465,16 +466,6 @@ def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, o
     console.print(f"index {out}: {idx.header['rows']} response tokens, labels "
                            f"{', '.join(idx.labels)}")
     console.print(_bucket_table(idx, "per position bucket"))
-
-
-def _is_shard(path: Path) -> bool:
-    from bftcore.index import shard_meta
-
-    try:
-        shard_meta(path)
-        return True
-    except BadInput:
-        return False
 
 
 @cli.command("merge")

@@ -15,7 +15,8 @@ from typing import Any
 
 from bftcore import index as bfti
 from bftcore.corpus import read_corpus
-from bftcore.score import ScoreConfig, score_corpus, shard_paths
+from bftcore.score import ScoreConfig, score_corpus
+from bftcore.shards import shard_paths
 from bftcore.stats import RateRow
 from bftcore.toy import Check, measure, threshold_checks, toy_world
 from bftcore.toy.build import cache_root

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,7 @@ from bftcore.corpus import Record
 from bftcore.errors import BadInput
 from bftcore.generate import Decoding, TorchGenerator
 from bftcore.models import check_same_tokenizer, load_model, load_tokenizer
-
-SHARD_FORMAT = "bftcore-scored-shard"
-SHARD_VERSION = 1
-META_KEY = b"bftcore"
-COLUMNS = ["doc_id", "pos", "token", "lp_base", "lp_aligned", "kl", "bf_mass", "retain", "label",
-           "topk_token", "topk_lp_base", "topk_lp_aligned"]
+from bftcore.shards import COLUMNS, SHARD_FORMAT, SHARD_VERSION, write_shard
 
 Progress = Callable[[str, int, int], None]
 
@@ -92,6 +87,36 @@ def shard_stats(logits_b: torch.Tensor, logits_a: torch.Tensor, targets: torch.T
     }
 
 
+# Architectures whose logits are exactly lm_head(final hidden state): for them the vocabulary
+# projection runs only on response positions, a chunk at a time. Others (soft-capped or scaled
+# logits) take the model's own logits.
+PLAIN_HEAD = {"llama", "qwen2", "qwen3", "mistral", "qwen2_moe", "qwen3_moe", "mixtral", "olmo2"}
+
+
+def _chunks(n: int, vocab: int, device: torch.device) -> list[slice]:
+    """Blocks of response positions whose [block, vocab] float32 logits stay cache-sized on a CPU
+    (8 MiB: the elementwise statistics are memory-bound) and large on a GPU (256 MiB)."""
+    budget = (256 if device.type == "cuda" else 8) << 20
+    size = max(16, budget // (4 * vocab))
+    return [slice(s, s + size) for s in range(0, n, size)]
+
+
+def _response_logits(model: Any, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                     blocks: list[slice]) -> Iterator[torch.Tensor]:
+    """Logits at the (row, col) positions that predict response tokens, one block at a time
+    (lazily: two such generators zipped hold one block of each model at once)."""
+    if getattr(model.config, "model_type", None) in PLAIN_HEAD:
+        hidden = model.base_model(input_ids=ids).last_hidden_state[rows, cols]
+        head = model.get_output_embeddings()
+        for sl in blocks:
+            yield head(hidden[sl])
+        return
+    start = int(cols.min())
+    logits = model(input_ids=ids, logits_to_keep=ids.shape[1] - start).logits
+    for sl in blocks:
+        yield logits[rows[sl], cols[sl] - start]
+
+
 class Scorer:
     """Runs the two models over length-sorted, right-padded batches of documents."""
 
@@ -116,34 +141,28 @@ class Scorer:
     @torch.no_grad()
     def score_batch(self, docs: Sequence[Doc]) -> dict[int, dict[str, np.ndarray]]:
         """Statistics of every response token of every doc, keyed by doc_id."""
+        # Right padding needs no attention mask: under the causal mask a real token never sees
+        # the padding after it, and positions count from 0 in every row. Without a mask the
+        # attention kernels take their fast causal path.
         width = max(len(d.prompt) + len(d.response) for d in docs)
         ids = torch.full((len(docs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(docs), width), dtype=torch.long)
         for i, d in enumerate(docs):
             seq = d.prompt + d.response
             ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        start = min(len(d.prompt) for d in docs) - 1  # the first position that predicts a response token
-        keep = width - start
-        lb = self.base(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-        la = self.aligned(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        ids = ids.to(self.device)
         rows, cols, targets, owners = [], [], [], []
         for i, d in enumerate(docs):
-            first = len(d.prompt) - 1 - start
             rows += [i] * len(d.response)
-            cols += range(first, first + len(d.response))
+            cols += range(len(d.prompt) - 1, len(d.prompt) - 1 + len(d.response))
             targets += d.response
             owners.append((d.doc_id, len(d.response)))
         r = torch.tensor(rows, device=self.device)
         c = torch.tensor(cols, device=self.device)
         tgt = torch.tensor(targets, device=self.device)
-        parts: list[dict[str, torch.Tensor]] = []
-        chunk = 4096  # bounds the float32 [chunk, V] working set
-        for s in range(0, len(rows), chunk):
-            sl = slice(s, s + chunk)
-            parts.append(shard_stats(lb[r[sl], c[sl]], la[r[sl], c[sl]], tgt[sl],
-                                     self.cfg.k, self.cfg.tau))
+        blocks = _chunks(len(rows), self.aligned.get_output_embeddings().weight.shape[0], self.device)
+        parts = [shard_stats(lb, la, tgt[sl], self.cfg.k, self.cfg.tau)
+                 for lb, la, sl in zip(_response_logits(self.base, ids, r, c, blocks),
+                                       _response_logits(self.aligned, ids, r, c, blocks), blocks)]
         stats = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
         out: dict[int, dict[str, np.ndarray]] = {}
         at = 0
@@ -199,24 +218,10 @@ def model_id(path: str | Path) -> str:
     return str(p.resolve()) if p.exists() else str(path)
 
 
-def _write_parquet_atomic(table: Any, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def shard_paths(out_dir: Path) -> list[Path]:
-    return sorted(out_dir.glob("shard-*.parquet"))
 
 
 def score_corpus(
@@ -273,9 +278,8 @@ def score_corpus(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scorer = Scorer(m_base, m_aligned, pad_id=pad, cfg=cfg)
     generator = TorchGenerator(m_base, tokenizer)
-    meta = json.dumps({"format": SHARD_FORMAT, "version": SHARD_VERSION,
-                       **{k: manifest[k] for k in ("base", "aligned", "tokenizer_hash", "k", "tau",
-                                                   "vocab_size")}}).encode()
+    meta = {"format": SHARD_FORMAT, "version": SHARD_VERSION,
+            **{k: manifest[k] for k in ("base", "aligned", "tokenizer_hash", "k", "tau", "vocab_size")}}
     for done, i in enumerate(todo):
         chunk = list(enumerate(records))[i * cfg.shard_size:(i + 1) * cfg.shard_size]
         docs = _prepare(chunk, tokenizer, generator, cfg, context, summary)
@@ -288,8 +292,7 @@ def score_corpus(
                 progress(f"scoring shard {i + 1}/{n_shards}", scored, len(docs))
 
         table = scorer.score(docs, on_batch=tick) if docs else _empty_table(cfg.k)
-        table = table.replace_schema_metadata({META_KEY: meta})
-        _write_parquet_atomic(table, out / f"shard-{i:05d}.parquet")
+        write_shard(table, out / f"shard-{i:05d}.parquet", meta)
         summary.docs += len(docs)
         summary.tokens += table.num_rows
         if progress:

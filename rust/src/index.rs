@@ -147,43 +147,35 @@ impl Batch<'_> {
                 )));
             }
         }
-        (0..n).into_par_iter().try_for_each(|row| self.validate_row(row, vocab, k))
-    }
-
-    fn validate_row(&self, row: usize, vocab: usize, k: usize) -> Result<(), Error> {
-        if self.positions[row] == 0 {
+        // Whole-column checks vectorise; only a failing column is searched for its first bad row.
+        let floats: [(&str, &[f32], usize); 7] = [
+            ("lp_base", self.lp_base, 1),
+            ("lp_aligned", self.lp_aligned, 1),
+            ("kl", self.kl, 1),
+            ("bf_mass", self.bf_mass, 1),
+            ("retain", self.retain, 1),
+            ("topk_lp_base", self.topk_lp_base, k.max(1)),
+            ("topk_lp_aligned", self.topk_lp_aligned, k.max(1)),
+        ];
+        for (name, col, per_row) in floats {
+            if !col.iter().fold(true, |ok, v| ok & v.is_finite()) {
+                let at = col.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                return Err(Error::NonFinite { row: at / per_row, column: name.into() });
+            }
+        }
+        let tokens: [(&[u32], usize); 2] = [(self.tokens, 1), (self.topk_token, k.max(1))];
+        for (col, per_row) in tokens {
+            if col.iter().fold(0u32, |m, &t| m.max(t)) as usize >= vocab {
+                let at = col.iter().position(|&t| t as usize >= vocab).unwrap_or(0);
+                return Err(Error::TokenOutOfRange { row: at / per_row, token: col[at], vocab });
+            }
+        }
+        if let Some(row) = self.positions.iter().position(|&p| p == 0) {
             return Err(Error::ZeroPosition { row });
         }
-        let tok = self.tokens[row];
-        if tok as usize >= vocab {
-            return Err(Error::TokenOutOfRange { row, token: tok, vocab });
-        }
-        if self.label_codes[row] as usize >= self.label_names.len() {
+        let names = self.label_names.len();
+        if let Some(row) = self.label_codes.iter().position(|&c| c as usize >= names) {
             return Err(Error::BadBatch(format!("row {row}: label code out of range")));
-        }
-        let values = [
-            ("lp_base", self.lp_base[row]),
-            ("lp_aligned", self.lp_aligned[row]),
-            ("kl", self.kl[row]),
-            ("bf_mass", self.bf_mass[row]),
-            ("retain", self.retain[row]),
-        ];
-        for (name, v) in values {
-            if !v.is_finite() {
-                return Err(Error::NonFinite { row, column: name.into() });
-            }
-        }
-        for j in row * k..(row + 1) * k {
-            let t = self.topk_token[j];
-            if t as usize >= vocab {
-                return Err(Error::TokenOutOfRange { row, token: t, vocab });
-            }
-            if !self.topk_lp_base[j].is_finite() {
-                return Err(Error::NonFinite { row, column: "topk_lp_base".into() });
-            }
-            if !self.topk_lp_aligned[j].is_finite() {
-                return Err(Error::NonFinite { row, column: "topk_lp_aligned".into() });
-            }
         }
         Ok(())
     }

@@ -1,0 +1,78 @@
+"""The scored-shard format (DESIGN.md §2): Parquet files of per-token statistics.
+
+One row per response token: doc_id u64, pos u32 (1-based), token u32, lp_base, lp_aligned, kl,
+bf_mass, retain f32, label str, and the base top-k as list columns topk_token u32[k],
+topk_lp_base f32[k], topk_lp_aligned f32[k]. The file metadata key `bftcore` holds a JSON object
+with the format, both models, the tokenizer hash, k, tau and the vocabulary size.
+Kept apart from `score` so that reading shards never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bftcore.errors import BadInput
+
+SHARD_FORMAT = "bftcore-scored-shard"
+SHARD_VERSION = 1
+META_KEY = b"bftcore"
+COLUMNS = ["doc_id", "pos", "token", "lp_base", "lp_aligned", "kl", "bf_mass", "retain", "label",
+           "topk_token", "topk_lp_base", "topk_lp_aligned"]
+ROW_GROUP = 1 << 16  # rows per Parquet row group: what a reader holds decoded at once
+
+
+def shard_paths(out_dir: Path) -> list[Path]:
+    return sorted(Path(out_dir).glob("shard-*.parquet"))
+
+
+def shard_meta(path: Path) -> dict[str, Any]:
+    """The bftcore metadata of a scored shard, or BadInput when it is not one."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise BadInput(f"{path}: not a readable Parquet file ({e})") from e
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise BadInput(f"{path}: not a bftcore scored shard (no bftcore metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path}: unreadable bftcore metadata ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
+        raise BadInput(f"{path}: not a bftcore scored shard")
+    if int(meta.get("version", 0)) > SHARD_VERSION:
+        raise BadInput(f"{path}: shard format version {meta['version']} is newer than this "
+                       f"bftcore reads ({SHARD_VERSION}); upgrade bftcore")
+    return meta
+
+
+def is_shard(path: Path) -> bool:
+    try:
+        shard_meta(path)
+        return True
+    except BadInput:
+        return False
+
+
+def is_shard_dir(path: Path) -> bool:
+    """A directory of scored shards (as opposed to a corpus directory)."""
+    files = shard_paths(path) if path.is_dir() else []
+    return bool(files) and is_shard(files[0])
+
+
+def write_shard(table: Any, path: Path, meta: dict[str, Any]) -> None:
+    """Write a shard atomically: a temporary file beside it, synced, then renamed."""
+    import pyarrow.parquet as pq
+
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # lz4 decodes ~30% faster than zstd when indexing, for ~10% more bytes
+    pq.write_table(table, tmp, compression="lz4", row_group_size=ROW_GROUP)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
