@@ -168,3 +168,21 @@ def test_torchrun_two_ranks_equal_one_process(toy, heldout: Path, tmp_path: Path
     dist = Index(out)
     assert dist.header["rows"] == Index(heldout).header["rows"]
     assert_same_index(dist, Index(heldout))
+
+
+def test_score_command_then_index_the_shards(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    shards = tmp_path / "shards"
+    args = ["score", str(toy.data_dir / "benign_heldout.jsonl"), "--base",
+            str(toy.model_dir("qwen2", "base")), "--aligned", str(toy.model_dir("qwen2", "aligned")),
+            "--out", str(shards), "--k", "5", "--shard-size", "50", "--device", "cpu", "--json"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["score"]["shards"] == 4 and report["score"]["shards_scored"] == 4
+    assert report["read"]["records"] == 180
+    again = json.loads(run_cli(*args).stdout)
+    assert again["score"]["shards_scored"] == 0  # finished shards are skipped
+    r = run_cli("index", str(shards), "--out", str(tmp_path / "b.bfti"), "--json")
+    assert r.returncode == 0, r.stderr
+    header = json.loads(r.stdout)["header"]
+    assert header["k"] == 5 and header["labels"] == ["benign"] and header["meta"]["shards"] == 4

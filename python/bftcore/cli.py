@@ -282,19 +282,22 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _read(corpus: tuple[Path, ...], fmt: str | None, prompt_column: str | None,
-          response_column: str | None, default_label: str | None, skip_bad: bool) -> Any:
+def _read_and_score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path, rank: int,
+                    world: int, read: tuple[Any, ...], scoring: tuple[Any, ...], device: str) -> Any:
+    """Read a corpus (the corpus options, in order) and score it into shards (the scoring options)."""
     from bftcore.corpus import ReadOptions, read_corpus
+    from bftcore.models import resolve_device
+    from bftcore.score import ScoreConfig, score_corpus
 
-    return read_corpus(corpus, ReadOptions(fmt, prompt_column, response_column, "label",
-                                           default_label, skip_bad))
-
-
-def _score_config(topk: int, tau: float, batch_tokens: int, shard_size: int, max_length: int | None,
-                  no_generate: bool, max_new_tokens: int) -> Any:
-    from bftcore.score import ScoreConfig
-
-    return ScoreConfig(topk, tau, batch_tokens, shard_size, max_length, not no_generate, max_new_tokens)
+    fmt, prompt_column, response_column, default_label, skip_bad = read
+    records, report = read_corpus(corpus, ReadOptions(fmt, prompt_column, response_column, "label",
+                                                      default_label, skip_bad))
+    topk, tau, batch_tokens, shard_size, max_length, no_generate, max_new_tokens = scoring
+    cfg = ScoreConfig(topk, tau, batch_tokens, shard_size, max_length, not no_generate, max_new_tokens)
+    with progress_bars(rank == 0) as bar:
+        summary = score_corpus(records, base, aligned, out, cfg, device=str(resolve_device(device)),
+                               progress=bar, rank=rank, world_size=world)
+    return report, summary
 
 
 def _distributed() -> tuple[int, int]:
@@ -340,17 +343,11 @@ def score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path, fmt: str
     Example:
       bftcore score harmful.jsonl --base B --aligned A --out shards/
     """
-    from bftcore.models import resolve_device
-    from bftcore.score import score_corpus
-
-    records, report = _read(corpus, fmt, prompt_column, response_column, default_label, skip_bad)
     rank, world = _distributed()
-    with progress_bars(rank == 0) as bar:
-        summary = score_corpus(records, base, aligned, out,
-                               _score_config(topk, tau, batch_tokens, shard_size, max_length,
-                                             no_generate, max_new_tokens),
-                               device=str(resolve_device(device)), progress=bar, rank=rank,
-                               world_size=world)
+    report, summary = _read_and_score(
+        corpus, base, aligned, out, rank, world, (fmt, prompt_column, response_column, default_label,
+                                                  skip_bad),
+        (topk, tau, batch_tokens, shard_size, max_length, no_generate, max_new_tokens), device)
     _barrier()
     if rank != 0:
         return
@@ -412,8 +409,6 @@ def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, o
       torchrun --nproc-per-node 2 -m bftcore index corpus/ --base B --aligned A --out c.bfti
     """
     from bftcore import index as bfti
-    from bftcore.models import resolve_device
-    from bftcore.score import score_corpus
     from bftcore.shards import is_shard, is_shard_dir, shard_paths
 
     rank, world = _distributed()
@@ -426,14 +421,11 @@ def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, o
         if not base or not aligned:
             raise BadInput("--base and --aligned are needed to score a corpus "
                            "(or give a directory of scored shards)")
-        records, report = _read(corpus, fmt, prompt_column, response_column, default_label, skip_bad)
         where = shards_dir or out.with_name(out.name + ".shards")
-        with progress_bars(rank == 0) as bar:
-            summary = score_corpus(records, base, aligned, where,
-                                   _score_config(topk, tau, batch_tokens, shard_size, max_length,
-                                                 no_generate, max_new_tokens),
-                                   device=str(resolve_device(device)), progress=bar, rank=rank,
-                                   world_size=world)
+        report, summary = _read_and_score(
+            corpus, base, aligned, where, rank, world, (fmt, prompt_column, response_column,
+                                                        default_label, skip_bad),
+            (topk, tau, batch_tokens, shard_size, max_length, no_generate, max_new_tokens), device)
 
         def listed() -> list[Path]:
             return shard_paths(where)

@@ -8,7 +8,6 @@ with both models and build the base-favored-token index (the signal-decay pictur
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,11 @@ from bftcore import index as bfti
 from bftcore.corpus import read_corpus
 from bftcore.score import ScoreConfig, score_corpus
 from bftcore.shards import shard_paths
+from bftcore.progress import Progress
 from bftcore.stats import RateRow
 from bftcore.toy import Check, measure, threshold_checks, toy_world
 from bftcore.toy.build import cache_root
 from bftcore.toy.check import signal_decay_checks
-
-Progress = Callable[[str, int, int], None]
-
 
 @dataclass
 class DemoResult:

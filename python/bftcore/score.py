@@ -24,10 +24,8 @@ from bftcore.corpus import Record
 from bftcore.errors import BadInput
 from bftcore.generate import Decoding, TorchGenerator
 from bftcore.models import check_same_tokenizer, load_model, load_tokenizer
+from bftcore.progress import Progress, counter
 from bftcore.shards import COLUMNS, SHARD_FORMAT, SHARD_VERSION, write_shard
-
-Progress = Callable[[str, int, int], None]
-
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -281,16 +279,10 @@ def score_corpus(
     meta = {"format": SHARD_FORMAT, "version": SHARD_VERSION,
             **{k: manifest[k] for k in ("base", "aligned", "tokenizer_hash", "k", "tau", "vocab_size")}}
     for done, i in enumerate(todo):
-        chunk = list(enumerate(records))[i * cfg.shard_size:(i + 1) * cfg.shard_size]
+        chunk = [(j, records[j]) for j in range(i * cfg.shard_size,
+                                                min((i + 1) * cfg.shard_size, len(records)))]
         docs = _prepare(chunk, tokenizer, generator, cfg, context, summary)
-        scored = 0
-
-        def tick(n: int) -> None:
-            nonlocal scored
-            scored += n
-            if progress:
-                progress(f"scoring shard {i + 1}/{n_shards}", scored, len(docs))
-
+        tick = counter(progress, f"scoring shard {i + 1}/{n_shards}", len(docs))
         table = scorer.score(docs, on_batch=tick) if docs else _empty_table(cfg.k)
         write_shard(table, out / f"shard-{i:05d}.parquet", meta)
         summary.docs += len(docs)

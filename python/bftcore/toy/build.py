@@ -33,6 +33,7 @@ from filelock import FileLock
 from bftcore import buckets
 from bftcore.chat import has_chat_template, prompt_ids, response_ids
 from bftcore.errors import BadInput
+from bftcore.progress import Progress
 from bftcore.models import ARCHS, atomic_dir, load_model, load_tokenizer, new_model, save_model, toy_config
 from bftcore.toy.language import REFUSALS, RECOVERY_REFUSALS, World
 from bftcore.train import Example, TrainConfig, train
@@ -110,7 +111,6 @@ def default_root(settings: ToySettings) -> Path:
     return cache_root() / "toy" / f"seed{settings.seed}-{settings.key()}"
 
 
-Progress = Callable[[str, int, int], None]  # (stage description, done, total)
 
 
 class ToyWorld:

@@ -7,7 +7,6 @@ k harmful tokens, and benign exact-match of both models, each as x/n with a Wils
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from bftcore.chat import response_ids
 from bftcore.generate import Decoding, TorchGenerator
 from bftcore.judge import PhraseJudge
 from bftcore.models import load_model, load_tokenizer
+from bftcore.progress import Progress, counter
 from bftcore.stats import RateRow
 from bftcore.toy.build import ToyWorld
 from bftcore.toy.language import Example
@@ -53,7 +53,7 @@ def threshold_checks(rows: list[RateRow]) -> list[Check]:
 
 
 def measure(tw: ToyWorld, arch: str, *, device: str = "cpu",
-            on_batch: Callable[[str, int, int], None] | None = None) -> list[RateRow]:
+            on_batch: Progress | None = None) -> list[RateRow]:
     """The rates of one architecture's base and aligned models."""
     w = tw.world
     judge = PhraseJudge(w.harmful_phrases)
@@ -64,15 +64,7 @@ def measure(tw: ToyWorld, arch: str, *, device: str = "cpu",
     rows: list[RateRow] = []
 
     def run(gen: TorchGenerator, label: str, inputs: list[list[int]]) -> list[list[int]]:
-        done = 0
-
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            if on_batch:
-                on_batch(f"{arch} {label}", done, len(inputs))
-
-        return gen.generate(inputs, greedy, on_batch=tick)
+        return gen.generate(inputs, greedy, on_batch=counter(on_batch, f"{arch} {label}", len(inputs)))
 
     def asr(gen: TorchGenerator, model: str, examples: list[Example], k: int | None) -> RateRow:
         prefixes = [response_ids(tokenizer, e.response, eos=False)[: k or 0] for e in examples]
