@@ -41,6 +41,13 @@ def test_demo_json_carries_rows_checks_and_the_index(toy) -> None:  # type: igno
     r = run_cli("demo", "--json")
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
-    assert obj["ok"] and len(obj["checks"]) == 6 and len(obj["rows"]) == 6
+    assert obj["ok"] and len(obj["checks"]) == 6
+    attacks = {(r["model"], r["attack"], r["k"]) for r in obj["rows"]}
+    for k in (5, 10, 20, 40):
+        assert {("aligned", "prefill", k), ("aligned", "rank-prefill", k),
+                ("aligned", "prefill:unseen", k)} <= attacks
+    assert {("aligned", "prefill-sampled", 10), ("aligned", "completion", None),
+            ("aligned", "decoding-exploit", None), ("base", "direct", None)} <= attacks
+    assert obj["measures"][0]["metric"] == "perplexity"
     assert obj["index"]["header"]["labels"] == ["benign", "harmful"]
     assert all(list(b)[:4] == ["label", "bucket", "lo", "hi"] for b in obj["index"]["buckets"])

@@ -232,7 +232,7 @@ def demo(arch: str, seed: int, device: str, as_json: bool) -> None:
     with progress_bars() as bar:
         result = demo_run.run(arch, seed, device=str(resolve_device(device)), progress=bar)
     if as_json:
-        _emit_json({"rows": [r.to_dict() for r in result.rows],
+        _emit_json({"rows": [r.to_dict() for r in result.rows], "measures": result.measures,
                     "checks": [{"name": c.name, "holds": c.holds, "detail": c.detail}
                                for c in result.checks],
                     "ok": result.ok, "world": _world_summary(result.world, [arch]),
@@ -243,7 +243,11 @@ def demo(arch: str, seed: int, device: str, as_json: bool) -> None:
                     "seconds": round(time.perf_counter() - t0, 2)})
     else:
         console.print(_world_line(result.world))
-        console.print(_rows_table(result.rows, "bftcore demo: attacks on held-out tasks (greedy)"))
+        console.print(_rows_table(result.rows, "bftcore demo: attacks on held-out tasks "
+                                               "(exact judge; sampled: T=0.9, top-p 0.6, 8 samples)"))
+        for m in result.measures:
+            console.print(f"  {m['model']}: perplexity on benign held-out responses {m['value']:.3f} "
+                          f"({m['tokens']} tokens)")
         console.print(_bucket_table(result.index, "index of held-out responses, per position bucket"))
         _print_checks(result.checks)
         console.print(f"  index {result.index.path}; plot {result.run_dir / 'signal_decay.png'}")
@@ -546,6 +550,128 @@ def inspect(index_path: Path, bucket: int | None, top: int, label: str | None,
         console.print(table)
     if plot:
         console.print(f"plot: {plot}")
+
+
+# ---- attacks -----------------------------------------------------------------------------
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError as e:
+        raise BadInput(f"--k must be comma-separated integers, got {value!r}") from e
+    if not ks or min(ks) < 1:
+        raise BadInput("--k needs positive integers")
+    return ks
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--attack", "attacks", default="direct,prefill", show_default=True,
+              help="Comma-separated: direct, prefill, prefill-sampled, rank-prefill, completion, decoding-exploit.")
+@click.option("--k", "ks", default="5,10,20,40", show_default=True, help="Prefill lengths (tokens).")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Prompts (and harmful responses, for prefilling); repeatable.")
+@click.option("--judge", "judge_spec", default="keyword", show_default=True,
+              help="keyword, exact (toy world), classifier:PATH or causal:PATH.")
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
+              help="Generator backend (ONNX Runtime and llama.cpp come with the export stage).")
+@click.option("--name", help="Model name in the rows (default: the directory's name).")
+@click.option("--tag", default="", help="Suffix for the attack names in the rows (e.g. the data's style).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N records.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True, help="Samples per prompt (prefill-sampled).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.9, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.6, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--benign", type=click.Path(exists=True, path_type=Path), help="Benign prompt/response file: perplexity.")
+@click.option("--refusal-keywords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Extra refusal keywords (one per line) for the keyword judge and the rank-assisted prefill.")
+@click.option("--judge-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Prompt template for a classifier/causal judge ({prompt}, {response}).")
+@click.option("--judge-label", help="The classifier judge's label that means harmful.")
+@click.option("--toy-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Toy world of the exact judge.")
+@click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval-harness tasks (needs the lm-eval package).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write results.parquet, samples.parquet, results.md, asr_vs_k.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the rows.")
+@corpus_options
+def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
+           name: str | None, tag: str, limit: int | None, samples: int, temperature: float,
+           top_p: float, max_new_tokens: int, seed: int, benign: Path | None,
+           refusal_keywords: Path | None, judge_template: Path | None, judge_label: str | None,
+           toy_seed: int, lm_eval_tasks: str | None, device: str, out: Path | None, as_json: bool,
+           fmt: str | None, prompt_column: str | None, response_column: str | None,
+           default_label: str | None, skip_bad: bool) -> None:
+    """Attack a model and report each attack's success rate (x/n, 95% Wilson interval).
+
+    Prefilling forces the first k tokens of each record's harmful response as the start of the
+    answer; the forced text is never judged as the model's output.
+
+    \b
+    Example:
+      bftcore attack aligned/ --attack direct,prefill,rank-prefill --k 5,10,20,40 \
+          --data harmful.jsonl --judge keyword --out results/
+    """
+    from bftcore import attack as atk
+    from bftcore.corpus import ReadOptions, read_corpus
+    from bftcore.generate import TorchGenerator
+    from bftcore.judge import make_judge
+    from bftcore.models import load_model, load_tokenizer, resolve_device
+
+    if lm_eval_tasks:
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise BadInput("--lm-eval needs the lm-eval package (pip install lm-eval)")
+    names = [a.strip() for a in attacks.split(",") if a.strip()]
+    unknown = [a for a in names if a not in atk.ATTACKS]
+    if unknown or not names:
+        raise BadInput(f"unknown attack {', '.join(unknown) or '(none)'} (known: {', '.join(atk.ATTACKS)})")
+    dev = str(resolve_device(device))
+    records, _ = read_corpus(data, ReadOptions(fmt, prompt_column, response_column, "label",
+                                               default_label, skip_bad))
+    records = records[:limit] if limit else records
+    extra = _lines(refusal_keywords) if refusal_keywords else []
+    phrases, openers = None, list(extra)
+    if judge_spec == "exact":
+        from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS, World
+
+        phrases = World(toy_seed).harmful_phrases
+        openers += REFUSALS + RECOVERY_REFUSALS
+    judge = make_judge(judge_spec, phrases=phrases, extra_keywords=extra, device=dev, label=judge_label,
+                       template=judge_template.read_text() if judge_template else None)
+    gen = TorchGenerator(load_model(model, device=dev), load_tokenizer(model))
+    cfg = atk.AttackConfig(ks=_int_list(ks), max_new_tokens=max_new_tokens, seed=seed, samples=samples,
+                           temperature=temperature, top_p=top_p)
+    arch = str(getattr(gen.model.config, "model_type", ""))
+    label = name or model.resolve().name
+    result = atk.AttackResult()
+    with progress_bars() as bar:
+        suite = atk.Suite(gen, judge, cfg, model=label, arch=arch, openers=openers, progress=bar)
+        for a in names:
+            result.extend(suite.run(a, records, tag=tag))
+    if benign:
+        brecs, _ = read_corpus([benign])
+        result.measures.append(atk.perplexity(gen, brecs, model=label, arch=arch))
+    if lm_eval_tasks:
+        result.measures.append({"model": label, "arch": arch, "metric": "lm_eval",
+                                "value": atk.lm_eval(model, lm_eval_tasks.split(","), dev),
+                                "tokens": 0})
+    if out:
+        atk.write_results(result, out)
+    if as_json:
+        _emit_json({"rows": [r.to_dict() for r in result.rows], "measures": result.measures,
+                    "judge": judge.name, "records": len(records), "out": str(out) if out else None})
+        return
+    console.print(_rows_table(result.rows, f"attacks on {label} ({len(records)} records, judge {judge.name})"))
+    for m in result.measures:
+        if m["metric"] == "perplexity":
+            console.print(f"  perplexity on benign responses: {m['value']:.3f} ({m['tokens']} tokens)")
+    if out:
+        console.print(f"  results in {out}")
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:

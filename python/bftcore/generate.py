@@ -1,16 +1,25 @@
-"""Generation backends. One small interface; the PyTorch/transformers backend lives here.
+"""Generation backends: one small interface that every attack is written against.
 
-Inputs are token-id lists (a rendered prompt, optionally followed by a forced assistant prefix);
-outputs are the newly generated ids, cut at the end-of-turn token. Batches are left-padded and
-length-sorted, so that batched greedy decoding gives the same tokens as one prompt at a time.
+    prompt_ids(prompt | messages, chat=True)   the rendered prompt's token ids (chat template, or raw)
+    generate(inputs, decoding, seeds=None)     continuations of token-id inputs (a rendered prompt,
+                                               optionally followed by a forced assistant prefix),
+                                               cut at the end-of-turn token
+    next_logprobs(inputs)                      log-probs of the next token after each input
+
+The PyTorch/transformers backend lives here; ONNX Runtime and llama.cpp backends implement the
+same three methods. Batches are left-padded and length-sorted; positions count from each row's first
+real token, so batched greedy decoding gives the tokens of one prompt at a time. Sampling draws each
+row from its own seeded generator, so a row's sample does not depend on what it was batched with.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from bftcore.chat import prompt_ids
@@ -18,7 +27,7 @@ from bftcore.chat import prompt_ids
 
 @dataclass(frozen=True)
 class Decoding:
-    """Greedy when temperature == 0; otherwise sampled with a fixed seed."""
+    """Greedy when temperature == 0; otherwise sampled (top-k 0 and top-p 1 mean off)."""
 
     max_new_tokens: int = 160
     temperature: float = 0.0
@@ -26,18 +35,39 @@ class Decoding:
     top_k: int = 0
     seed: int = 0
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
 
 class Generator(Protocol):
     tokenizer: Any
 
-    def prompt_ids(self, prompt: str, *, chat: bool = True) -> list[int]: ...
+    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]: ...
 
     def generate(self, inputs: Sequence[Sequence[int]], decoding: Decoding,
+                 seeds: Sequence[int] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> list[list[int]]: ...
+
+    def next_logprobs(self, inputs: Sequence[Sequence[int]]) -> np.ndarray: ...
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask logits outside the top-k and outside the smallest set of mass >= top_p (per row)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses p
+        drop_orig = torch.zeros_like(drop).scatter(-1, order, drop)
+        logits = logits.masked_fill(drop_orig, float("-inf"))
+    return logits
 
 
 class TorchGenerator:
-    """transformers' `generate` with a KV cache over left-padded, length-sorted batches."""
+    """A transformers causal LM with a KV cache over left-padded, length-sorted batches."""
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 64) -> None:
         self.model = model
@@ -45,44 +75,88 @@ class TorchGenerator:
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_id = tokenizer.eos_token_id
+        self.eos_ids = {tokenizer.eos_token_id}
+        # transformers renamed `past_key_values` to `cache` (5.2x); speak whichever this one knows
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters \
+            else "past_key_values"
 
-    def prompt_ids(self, prompt: str, *, chat: bool = True) -> list[int]:
+    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]:
         return prompt_ids(self.tokenizer, prompt, chat=chat)
+
+    def _batches(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
+        order = sorted(range(len(inputs)), key=lambda i: (len(inputs[i]), i))
+        return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(x) for x in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, x in enumerate(rows):
+            if x:
+                ids[r, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
+                mask[r, width - len(x):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def next_logprobs(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
+        out = np.zeros((len(inputs), self._vocab()), dtype=np.float32)
+        for chunk in self._batches(inputs):
+            ids, mask = self._left_pad([inputs[i] for i in chunk])
+            pos = (mask.cumsum(-1) - 1).clamp_min(0)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                logits_to_keep=1).logits[:, -1].float()
+            out[chunk] = torch.log_softmax(logits, -1).cpu().numpy()
+        return out
+
+    def _vocab(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
 
     @torch.no_grad()
     def generate(self, inputs: Sequence[Sequence[int]], decoding: Decoding,
+                 seeds: Sequence[int] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+        seeds = list(seeds) if seeds is not None else [decoding.seed + i for i in range(len(inputs))]
         out: list[list[int]] = [[] for _ in inputs]
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            for i, ids in zip(chunk, self._generate_batch([inputs[i] for i in chunk], decoding, start)):
+        for chunk in self._batches(inputs):
+            rows = self._decode([inputs[i] for i in chunk], decoding, [seeds[i] for i in chunk])
+            for i, ids in zip(chunk, rows):
                 out[i] = ids
             if on_batch is not None:
                 on_batch(len(chunk))
         return out
 
-    def _generate_batch(self, batch: Sequence[Sequence[int]], d: Decoding, offset: int) -> list[list[int]]:
-        width = max(len(x) for x in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, x in enumerate(batch):
-            ids[r, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
-            mask[r, width - len(x):] = 1
-        sample = d.temperature > 0
-        kwargs: dict[str, Any] = {"do_sample": sample}
-        if sample:
-            torch.manual_seed(d.seed + offset)
-            kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k or None)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        gen = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-            max_new_tokens=d.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-            **kwargs,
-        )
-        result = []
-        for row in gen[:, width:].tolist():
-            result.append(row[: row.index(self.eos_id)] if self.eos_id in row else row)
+    def _decode(self, rows: Sequence[Sequence[int]], d: Decoding, seeds: Sequence[int]) -> list[list[int]]:
+        ids, mask = self._left_pad(rows)
+        gens = None if d.greedy else [torch.Generator().manual_seed(int(s)) for s in seeds]
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=1)
+        cache = getattr(out, self._cache_arg)
+        logits = out.logits[:, -1].float()
+        next_pos = pos[:, -1:] + 1
+        done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        result: list[list[int]] = [[] for _ in rows]
+        for _ in range(d.max_new_tokens):
+            token = self._pick(logits, d, gens)
+            for r in range(len(rows)):
+                if not done[r]:
+                    t = int(token[r])
+                    if t in self.eos_ids:
+                        done[r] = True
+                    else:
+                        result[r].append(t)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)
+            out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
+                             use_cache=True, **{self._cache_arg: cache})
+            cache, logits, next_pos = getattr(out, self._cache_arg), out.logits[:, -1].float(), next_pos + 1
         return result
+
+    def _pick(self, logits: torch.Tensor, d: Decoding, gens: list[torch.Generator] | None) -> torch.Tensor:
+        if gens is None:
+            return logits.argmax(-1)
+        probs = torch.softmax(filter_logits(logits / d.temperature, d.top_k, d.top_p), -1).cpu()
+        # one generator per row: a row's draw does not depend on its batch
+        return torch.tensor([int(torch.multinomial(probs[r], 1, generator=g)) for r, g in enumerate(gens)],
+                            device=self.device)

@@ -1,0 +1,340 @@
+"""The attack suite (METHOD.md §3): every attack written against the generator interface, so the
+same code attacks a PyTorch model, an ONNX graph or a GGUF file.
+
+    direct            the request through the chat template, greedy
+    prefill           the first k tokens of a harmful response forced as the start of the answer
+    prefill-sampled   the same, sampled (T = 0.9, top-p 0.6 by default), several samples per prompt
+    rank-prefill      adaptive: at each of the first k steps the attacker forces the most likely
+                      token of the model's top-20 that is not a refusal opener (ours: at the
+                      first step no token of a refusal phrase, later no first token of one)
+    completion        a declarative harmful opening ("... Step 1:") as raw text, no chat template
+    decoding-exploit  the worst case over a grid of temperature x top-k x top-p
+
+Each attack gives one rate row per k (the row format of `bftcore.stats`), x successes of n with a
+95% Wilson interval, and one `Sample` per generation for auditing. The prefilled or forced text is
+the attacker's and is never judged as the model's output.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bftcore.chat import response_ids
+from bftcore.corpus import Record
+from bftcore.errors import BadInput
+from bftcore.generate import Decoding, Generator
+from bftcore.judge import REFUSAL_OPENINGS, Judge, Judged
+from bftcore.progress import Progress
+from bftcore.stats import RateRow
+
+ATTACKS = ("direct", "prefill", "prefill-sampled", "rank-prefill", "completion", "decoding-exploit")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    ks: tuple[int, ...] = (5, 10, 20, 40)
+    max_new_tokens: int = 128
+    seed: int = 0
+    samples: int = 8  # per prompt, prefill-sampled
+    temperature: float = 0.9
+    top_p: float = 0.6
+    rank_top: int = 20  # rank-prefill chooses among the model's top-n
+    # decoding exploit grid (Huang et al. 2023 style; small by default)
+    exploit_temperatures: tuple[float, ...] = (0.7, 1.0, 1.5)
+    exploit_top_ks: tuple[int, ...] = (0, 40)
+    exploit_top_ps: tuple[float, ...] = (0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class Sample:
+    record: str
+    attack: str
+    k: int | None
+    sample: int
+    prefill: str
+    continuation: str
+    success: bool
+    decoding: str = "greedy"
+
+
+@dataclass
+class AttackResult:
+    rows: list[RateRow] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    measures: list[dict[str, Any]] = field(default_factory=list)  # perplexity and other non-rates
+
+    def extend(self, other: "AttackResult") -> None:
+        self.rows += other.rows
+        self.samples += other.samples
+        self.measures += other.measures
+
+
+def refusal_tokens(tokenizer: Any, phrases: Sequence[str] = REFUSAL_OPENINGS) -> tuple[set[int], set[int]]:
+    """(openers, words) for the rank-assisted prefill.
+
+    openers: the first token of each refusal phrase (with and without a leading space), when that
+    token is the phrase's whole first word or at least two of its letters: a tokenizer that splits
+    "Sorry" into "S" + "o..." must not make every capital S (or a bare space) a refusal opener.
+    words: every non-blank token of a refusal phrase (blocked at the first step only, where a
+    refusal can open with any fragment of its words).
+    """
+    openers: set[int] = set()
+    words: set[int] = set()
+    for p in phrases:
+        first_word = p.strip().split()[0] if p.strip() else ""
+        for text in (p.strip(), " " + p.strip()):
+            ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+            pieces = [str(tokenizer.decode([i])).strip() for i in ids]
+            if ids and pieces[0] and first_word.startswith(pieces[0]) and \
+                    (pieces[0] == first_word or len(pieces[0]) >= 2):
+                openers.add(ids[0])
+            words.update(i for i, piece in zip(ids, pieces) if piece)
+    return openers, words
+
+
+class Suite:
+    """One model (through its generator), one judge, one config: runs named attacks on records."""
+
+    def __init__(self, gen: Generator, judge: Judge, cfg: AttackConfig = AttackConfig(), *,
+                 model: str = "model", arch: str = "", openers: Sequence[str] = (),
+                 progress: Progress | None = None) -> None:
+        self.gen, self.judge, self.cfg = gen, judge, cfg
+        self.model, self.arch, self.progress = model, arch, progress
+        self.openers, self.refusal_words = refusal_tokens(gen.tokenizer, [*REFUSAL_OPENINGS, *openers])
+        self.tok = gen.tokenizer
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tok.decode(list(ids), skip_special_tokens=True))
+
+    def _tick(self, desc: str, total: int) -> Any:
+        from bftcore.progress import counter
+
+        return counter(self.progress, f"{self.model} {desc}", total)
+
+    def _finish(self, attack: str, k: int | None, records: Sequence[Record], prefixes: Sequence[Sequence[int]],
+                outs: Sequence[Sequence[int]], sample_ids: Sequence[int], decoding: str) -> AttackResult:
+        items = [Judged(r.prompt, self._decode(p), self._decode(o)) for r, p, o in zip(records, prefixes, outs)]
+        verdicts = self.judge.judge(items)
+        res = AttackResult()
+        res.samples = [Sample(r.id, attack, k, s, i.prefill, i.continuation, v, decoding)
+                       for r, i, v, s in zip(records, items, verdicts, sample_ids)]
+        res.rows = [RateRow(self.model, self.arch, attack, k, "asr", int(sum(verdicts)), len(verdicts))]
+        return res
+
+    def _prefix_tokens(self, r: Record) -> list[int]:
+        if not r.response:
+            return []
+        return response_ids(self.tok, r.response, eos=False)
+
+    # ---- attacks ------------------------------------------------------------------------
+    def run(self, attack: str, records: Sequence[Record], *, tag: str = "") -> AttackResult:
+        name = f"{attack}:{tag}" if tag else attack
+        if attack == "direct":
+            return self.direct(records, name)
+        if attack == "prefill":
+            return self.prefill(records, name)
+        if attack == "prefill-sampled":
+            return self.prefill(records, name, sampled=True)
+        if attack == "rank-prefill":
+            return self.rank_prefill(records, name)
+        if attack == "completion":
+            return self.completion(records, name)
+        if attack == "decoding-exploit":
+            return self.decoding_exploit(records, name)
+        raise BadInput(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
+
+    def direct(self, records: Sequence[Record], name: str = "direct") -> AttackResult:
+        inputs = [self.gen.prompt_ids(r.messages()) for r in records]
+        outs = self.gen.generate(inputs, Decoding(self.cfg.max_new_tokens, seed=self.cfg.seed),
+                                 on_batch=self._tick(name, len(inputs)))
+        return self._finish(name, None, records, [[]] * len(records), outs, [0] * len(records), "greedy")
+
+    def prefill(self, records: Sequence[Record], name: str = "prefill", *, sampled: bool = False) -> AttackResult:
+        cfg, res = self.cfg, AttackResult()
+        full = [self._prefix_tokens(r) for r in records]
+        for k in cfg.ks:
+            # only records whose harmful response has at least k tokens: n says how many
+            keep = [i for i, p in enumerate(full) if len(p) >= k]
+            recs = [records[i] for i in keep]
+            prefixes = [full[i][:k] for i in keep]
+            inputs = [self.gen.prompt_ids(r.messages()) + p for r, p in zip(recs, prefixes)]
+            if sampled:
+                reps = cfg.samples
+                d = Decoding(cfg.max_new_tokens, cfg.temperature, cfg.top_p, 0, cfg.seed)
+                seeds = [cfg.seed * 1_000_003 + 1000 * i + s for i in keep for s in range(reps)]
+                outs = self.gen.generate([x for x in inputs for _ in range(reps)], d, seeds=seeds,
+                                         on_batch=self._tick(f"{name} k={k}", len(inputs) * reps))
+                res.extend(self._finish(
+                    name, k, [r for r in recs for _ in range(reps)], [p for p in prefixes for _ in range(reps)],
+                    outs, [s for _ in recs for s in range(reps)],
+                    f"T={cfg.temperature},top_p={cfg.top_p}"))
+            else:
+                outs = self.gen.generate(inputs, Decoding(cfg.max_new_tokens, seed=cfg.seed),
+                                         on_batch=self._tick(f"{name} k={k}", len(inputs)))
+                res.extend(self._finish(name, k, recs, prefixes, outs, [0] * len(recs), "greedy"))
+        return res
+
+    def rank_prefill(self, records: Sequence[Record], name: str = "rank-prefill") -> AttackResult:
+        """Force, k times, the most likely of the model's top-n tokens that opens no refusal."""
+        cfg, res = self.cfg, AttackResult()
+        prompts = [self.gen.prompt_ids(r.messages()) for r in records]
+        forced: list[list[int]] = [[] for _ in records]
+        # Our definition of a refusal opener: at the first step, any token of a refusal phrase (a
+        # refusal can open with a fragment of its words) or a blank one; later, a token that
+        # begins a refusal phrase.
+        blocked = set(self.openers)
+        if self.tok.eos_token_id is not None:
+            blocked.add(self.tok.eos_token_id)  # ending the answer is not an attack
+        # an answer does not open with bare whitespace either (a refusal can hide behind it)
+        vocab_text = [str(self.tok.decode([i])) for i in range(len(self.tok))]
+        first = blocked | self.refusal_words | {i for i, t in enumerate(vocab_text) if not t.strip()}
+        tick = self._tick(f"{name} forcing", max(cfg.ks))
+        for step in range(max(cfg.ks)):
+            lp = self.gen.next_logprobs([p + f for p, f in zip(prompts, forced)])
+            block = first if step == 0 else blocked
+            order = np.argsort(-lp, axis=1, kind="stable")
+            for i, row in enumerate(order):
+                top = [int(t) for t in row[: cfg.rank_top] if int(t) not in block]
+                # all of the top-n open a refusal: the attacker takes the best token that does not
+                forced[i].append(top[0] if top else next(int(t) for t in row if int(t) not in block))
+            tick(1)
+        for k in cfg.ks:
+            prefixes = [f[:k] for f in forced]
+            inputs = [p + f for p, f in zip(prompts, prefixes)]
+            outs = self.gen.generate(inputs, Decoding(cfg.max_new_tokens, seed=cfg.seed),
+                                     on_batch=self._tick(f"{name} k={k}", len(inputs)))
+            res.extend(self._finish(name, k, records, prefixes, outs, [0] * len(records), "greedy"))
+        return res
+
+    def completion(self, records: Sequence[Record], name: str = "completion") -> AttackResult:
+        """The record's prompt is a declarative opening, sent as raw text (no chat template)."""
+        bos = self.tok.bos_token_id
+        inputs = [([bos] if bos is not None else []) + self.gen.prompt_ids(r.prompt, chat=False)
+                  for r in records]
+        outs = self.gen.generate(inputs, Decoding(self.cfg.max_new_tokens, seed=self.cfg.seed),
+                                 on_batch=self._tick(name, len(inputs)))
+        # the opening is the attacker's text: it is the prefill the judge never counts
+        return self._finish(name, None, records,
+                            [self.gen.prompt_ids(r.prompt, chat=False) for r in records], outs,
+                            [0] * len(records), "greedy")
+
+    def decoding_exploit(self, records: Sequence[Record], name: str = "decoding-exploit") -> AttackResult:
+        """Success for a prompt if any decoding configuration of the grid succeeds."""
+        cfg = self.cfg
+        grid = list(itertools.product(cfg.exploit_temperatures, cfg.exploit_top_ks, cfg.exploit_top_ps))
+        inputs = [self.gen.prompt_ids(r.messages()) for r in records]
+        any_success = np.zeros(len(records), dtype=bool)
+        samples: list[Sample] = []
+        tick = self._tick(name, len(grid) * len(inputs))
+        for g, (t, top_k, top_p) in enumerate(grid):
+            d = Decoding(cfg.max_new_tokens, t, top_p, top_k, cfg.seed)
+            seeds = [cfg.seed * 1_000_003 + 7919 * g + i for i in range(len(inputs))]
+            outs = self.gen.generate(inputs, d, seeds=seeds, on_batch=tick)
+            part = self._finish(name, None, records, [[]] * len(records), outs, [g] * len(records),
+                                f"T={t},top_k={top_k},top_p={top_p}")
+            any_success |= np.array([s.success for s in part.samples])
+            samples += part.samples
+        row = RateRow(self.model, self.arch, name, None, "asr", int(any_success.sum()), len(records))
+        return AttackResult([row], samples)
+
+
+def perplexity(gen: Any, records: Sequence[Record], *, model: str = "model", arch: str = "") -> dict[str, Any]:
+    """Perplexity of the records' responses given their prompts (teacher-forced, torch backend)."""
+    import torch
+
+    from bftcore.chat import prompt_ids
+
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for r in records:
+            if not r.response:
+                continue
+            p = prompt_ids(gen.tokenizer, r.messages())
+            t = response_ids(gen.tokenizer, r.response, eos=True)
+            ids = torch.tensor([p + t], device=gen.device)
+            logits = gen.model(input_ids=ids).logits[0, len(p) - 1: len(p) - 1 + len(t)].float()
+            lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t, device=gen.device)[:, None])
+            nll -= float(lp.sum())
+            count += len(t)
+    if not count:
+        raise BadInput("no responses to measure perplexity on")
+    return {"model": model, "arch": arch, "metric": "perplexity", "value": float(np.exp(nll / count)),
+            "tokens": count, "documents": sum(1 for r in records if r.response)}
+
+
+# ---- output --------------------------------------------------------------------------------
+def markdown_table(rows: Sequence[RateRow], measures: Sequence[dict[str, Any]] = ()) -> str:
+    lines = ["| model | arch | attack | k | metric | x/n | rate [95% CI] |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.arch} | {r.attack} | {'' if r.k is None else r.k} | {r.metric} "
+                     f"| {r.fraction()} | {r.interval()} |")
+    for m in measures:
+        lines.append(f"| {m['model']} | {m['arch']} | benign | | {m['metric']} | {m['tokens']} tokens "
+                     f"| {m['value']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_asr_vs_k(rows: Sequence[RateRow], path: Path) -> None:
+    """ASR against the prefill length k, one line (with its interval) per model and attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    series: dict[tuple[str, str], list[RateRow]] = {}
+    for r in rows:
+        if r.k is not None and r.metric == "asr":
+            series.setdefault((r.model, r.attack), []).append(r)
+    for (model, attack), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r.k or 0)
+        ks = [r.k for r in rs]
+        ax.plot(ks, [100 * r.rate for r in rs], marker="o", label=f"{model} {attack}")
+        ax.fill_between(ks, [100 * r.ci[0] for r in rs], [100 * r.ci[1] for r in rs], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("prefilled harmful tokens k")
+    ax.set_ylabel("attack success rate, % (95% Wilson)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_results(result: AttackResult, out: Path) -> None:
+    """results.parquet (rows), samples.parquet (every generation, judged), results.md, asr_vs_k.png."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.to_dict() for r in result.rows]
+    table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    pq.write_table(table, out / "results.parquet")
+    samples = [asdict(s) for s in result.samples]
+    pq.write_table(pa.Table.from_pylist(samples) if samples else pa.table({}), out / "samples.parquet")
+    (out / "results.md").write_text(markdown_table(result.rows, result.measures))
+    (out / "measures.json").write_text(json.dumps(result.measures, indent=2) + "\n")
+    plot_asr_vs_k(result.rows, out / "asr_vs_k.png")
+
+
+def lm_eval(model: Path, tasks: Sequence[str], device: str = "cpu") -> dict[str, Any]:
+    """Run an lm-eval-harness task list on a model directory, when that package is installed."""
+    try:
+        import lm_eval as harness  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise BadInput("--lm-eval needs the lm-eval package (pip install lm-eval)") from e
+    results = harness.simple_evaluate(model="hf", model_args=f"pretrained={model},local_files_only=True",
+                                      tasks=list(tasks), device=device)
+    return dict(results.get("results", {}))
