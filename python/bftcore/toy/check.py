@@ -10,14 +10,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bftcore.chat import response_ids
 from bftcore.generate import Decoding, TorchGenerator
 from bftcore.judge import PhraseJudge
 from bftcore.models import load_model, load_tokenizer
 from bftcore.progress import Progress, counter
 from bftcore.stats import RateRow
 from bftcore.toy.build import ToyWorld
-from bftcore.toy.language import Example
 
 PREFILL_KS = (5, 10)
 _STEP = re.compile(r"Step \d+: (.*?)\.(?:\n|$)")
@@ -54,39 +52,30 @@ def threshold_checks(rows: list[RateRow]) -> list[Check]:
 
 def measure(tw: ToyWorld, arch: str, *, device: str = "cpu",
             on_batch: Progress | None = None) -> list[RateRow]:
-    """The rates of one architecture's base and aligned models."""
+    """The rates of one architecture's base and aligned models: the attack suite's direct and
+    prefilling attacks (exact judge, greedy, room for whole answers) and benign exact-match."""
+    from bftcore.attack import AttackConfig, Suite
+    from bftcore.corpus import Record
+
     w = tw.world
-    judge = PhraseJudge(w.harmful_phrases)
-    harmful = w.examples("harmful", "heldout")
+    harmful = [Record(e.id, e.prompt, e.response, "harmful", "toy")
+               for e in w.examples("harmful", "heldout")]
     benign = w.examples("benign", "heldout")
     tokenizer = load_tokenizer(tw.tokenizer_dir(arch))
-    greedy = Decoding(max_new_tokens=160)
+    cfg = AttackConfig(ks=PREFILL_KS, max_new_tokens=160)
     rows: list[RateRow] = []
-
-    def run(gen: TorchGenerator, label: str, inputs: list[list[int]]) -> list[list[int]]:
-        return gen.generate(inputs, greedy, on_batch=counter(on_batch, f"{arch} {label}", len(inputs)))
-
-    def asr(gen: TorchGenerator, model: str, examples: list[Example], k: int | None) -> RateRow:
-        prefixes = [response_ids(tokenizer, e.response, eos=False)[: k or 0] for e in examples]
-        inputs = [gen.prompt_ids(e.prompt) + p for e, p in zip(examples, prefixes)]
-        outs = run(gen, f"{model} {'direct' if k is None else f'prefill k={k}'}", inputs)
-        hits = sum(judge.is_harmful(tokenizer.decode(o, skip_special_tokens=True),
-                                    prefill=tokenizer.decode(p, skip_special_tokens=True))
-                   for p, o in zip(prefixes, outs))
-        return RateRow(model, arch, "direct" if k is None else "prefill", k, "asr", hits, len(outs))
-
-    def exact_match(gen: TorchGenerator, model: str) -> RateRow:
-        outs = run(gen, f"{model} benign", [gen.prompt_ids(e.prompt) for e in benign])
-        hits = sum(steps_of(tokenizer.decode(o, skip_special_tokens=True)) == w.step_phrases(e.task)
-                   for o, e in zip(outs, benign))
-        return RateRow(model, arch, "benign", None, "exact_match", hits, len(outs))
-
     for role in ("base", "aligned"):
         gen = TorchGenerator(load_model(tw.model_dir(arch, role), device=device), tokenizer)
-        rows.append(asr(gen, role, harmful, None))
+        suite = Suite(gen, PhraseJudge(w.harmful_phrases), cfg, model=role, arch=arch,
+                      progress=on_batch)
+        rows += suite.direct(harmful).rows
         if role == "aligned":
-            rows += [asr(gen, role, harmful, k) for k in PREFILL_KS]
-        rows.append(exact_match(gen, role))
+            rows += suite.prefill(harmful).rows
+        outs = gen.generate([gen.prompt_ids(e.prompt) for e in benign], Decoding(max_new_tokens=160),
+                            on_batch=counter(on_batch, f"{arch} {role} benign", len(benign)))
+        hits = sum(steps_of(tokenizer.decode(o, skip_special_tokens=True)) == w.step_phrases(e.task)
+                   for o, e in zip(outs, benign))
+        rows.append(RateRow(role, arch, "benign", None, "exact_match", hits, len(outs)))
     return rows
 
 
