@@ -11,7 +11,7 @@ import torch
 
 from bftcore.attack import AttackConfig, Suite
 from bftcore.chat import prompt_ids, response_ids
-from bftcore.corpus import Record, read_corpus
+from bftcore.corpus import Record
 from bftcore.generate import Decoding, TorchGenerator
 from bftcore.judge import ClassifierJudge, CausalJudge, Judged, KeywordJudge, PhraseJudge
 from bftcore.models import load_model, load_tokenizer, new_model, save_model, toy_config

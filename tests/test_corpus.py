@@ -145,3 +145,11 @@ def test_jsonl_reader_never_crashes(lines: list[str], tmp_path_factory: pytest.T
         read_corpus([p], ReadOptions(format="jsonl", skip_bad=True))
     except BadInput:
         pass
+
+
+def test_a_one_line_jsonl_file_is_one_record(tmp_path: Path) -> None:
+    """A single JSON object line is a record, not a {BehaviorID: target} mapping."""
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"prompt": "How do I mend a net?", "label": "benign"}) + "\n")
+    records, _ = read_corpus([path])
+    assert [(r.prompt, r.response, r.label) for r in records] == [("How do I mend a net?", None, "benign")]

@@ -178,7 +178,9 @@ def _json_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
         doc = json.loads(text)
         if isinstance(doc, list):
             rows = [(i + 1, r) for i, r in enumerate(doc)]
-        elif isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()):
+        elif isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()) \
+                and path.suffix.lower() == ".json" and _detect_json(doc, o) is None:
+            # a {BehaviorID: target} mapping (a JSON-lines file of one record is that record)
             return [(i + 1, {"id": k, "target": v}) for i, (k, v) in enumerate(doc.items())], \
                 "harmbench-targets"
         elif isinstance(doc, dict):

@@ -66,11 +66,35 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """Inference-time contrastive suppression of base-favored tokens (METHOD.md §2): on the base
+    model's top-k, log π_a(v) − γ·[log π_b(v) − log π_a(v)]_+ replaces the aligned log-prob.
+
+    Log-probs, not raw logits: two models' logits carry arbitrary per-position offsets, their
+    log-softmax does not.
+    """
+
+    base: Any  # the base model (same tokenizer)
+    gamma: float = 2.0
+    top_k: int = 20
+
+
+def contrast_logprobs(lpa: torch.Tensor, lpb: torch.Tensor, gamma: float, top_k: int) -> torch.Tensor:
+    """The aligned log-probs with the base-favored excess subtracted on the base top-k, renormalised."""
+    idx = torch.topk(lpb, min(top_k, lpb.shape[-1]), dim=-1).indices
+    excess = (lpb.gather(-1, idx) - lpa.gather(-1, idx)).clamp_min(0.0)
+    out = lpa.scatter_add(-1, idx, -gamma * excess)
+    return torch.log_softmax(out, dim=-1)
+
+
 class TorchGenerator:
     """A transformers causal LM with a KV cache over left-padded, length-sorted batches."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 64) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 64,
+                 contrast: Contrast | None = None) -> None:
         self.model = model
+        self.contrast = contrast
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
@@ -103,10 +127,19 @@ class TorchGenerator:
         for chunk in self._batches(inputs):
             ids, mask = self._left_pad([inputs[i] for i in chunk])
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                logits_to_keep=1).logits[:, -1].float()
-            out[chunk] = torch.log_softmax(logits, -1).cpu().numpy()
+            lp = [torch.log_softmax(m(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                      logits_to_keep=1).logits[:, -1].float(), -1) for m in self._models()]
+            out[chunk] = self._combine(lp).cpu().numpy()
         return out
+
+    def _models(self) -> list[Any]:
+        return [self.model] if self.contrast is None else [self.model, self.contrast.base]
+
+    def _combine(self, logprobs: list[torch.Tensor]) -> torch.Tensor:
+        """The next-token log-probs: the model's own, or contrasted with the base model's."""
+        if self.contrast is None:
+            return logprobs[0]
+        return contrast_logprobs(logprobs[0], logprobs[1], self.contrast.gamma, self.contrast.top_k)
 
     def _vocab(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
@@ -129,15 +162,19 @@ class TorchGenerator:
         ids, mask = self._left_pad(rows)
         gens = None if d.greedy else [torch.Generator().manual_seed(int(s)) for s in seeds]
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         logits_to_keep=1)
-        cache = getattr(out, self._cache_arg)
-        logits = out.logits[:, -1].float()
+        models = self._models()
+        caches: list[Any] = []
+        lps: list[torch.Tensor] = []
+        for m in models:
+            out = m(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            caches.append(getattr(out, self._cache_arg))
+            lps.append(torch.log_softmax(out.logits[:, -1].float(), -1))
         next_pos = pos[:, -1:] + 1
         done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         result: list[list[int]] = [[] for _ in rows]
         for _ in range(d.max_new_tokens):
-            token = self._pick(logits, d, gens)
+            # log-probs instead of logits: the same argmax, and the same distribution after /T
+            token = self._pick(self._combine(lps), d, gens)
             for r in range(len(rows)):
                 if not done[r]:
                     t = int(token[r])
@@ -148,9 +185,12 @@ class TorchGenerator:
             if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)
-            out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
-                             use_cache=True, **{self._cache_arg: cache})
-            cache, logits, next_pos = getattr(out, self._cache_arg), out.logits[:, -1].float(), next_pos + 1
+            for i, m in enumerate(models):
+                out = m(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
+                        use_cache=True, **{self._cache_arg: caches[i]})
+                caches[i] = getattr(out, self._cache_arg)
+                lps[i] = torch.log_softmax(out.logits[:, -1].float(), -1)
+            next_pos = next_pos + 1
         return result
 
     def _pick(self, logits: torch.Tensor, d: Decoding, gens: list[torch.Generator] | None) -> torch.Tensor:

@@ -88,11 +88,31 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        return _load_adapter(path, device=device, dtype=dtype)
     _check_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, use_safetensors=True, trust_remote_code=False, local_files_only=True
     )
     return model.to(device).eval()
+
+
+def _load_adapter(path: Path, *, device: torch.device | str, dtype: torch.dtype) -> Any:
+    """A LoRA adapter directory (what `bftcore complete --lora` writes): the model it was trained
+    on, named in adapter_config.json, with the adapter merged in for inference."""
+    from peft import PeftModel
+
+    if not (path / "adapter_model.safetensors").is_file():
+        raise BadInput(f"{path}: no adapter_model.safetensors (pickle adapters are not loaded)")
+    try:
+        base_path = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BadInput(f"{path}: unreadable adapter_config.json") from e
+    if not base_path.is_absolute():
+        base_path = (path / base_path).resolve()
+    base = load_model(base_path, device="cpu", dtype=dtype)
+    model = PeftModel.from_pretrained(base, path, is_trainable=False)
+    return model.merge_and_unload().to(device).eval()
 
 
 def load_tokenizer(path: str | Path) -> Any:
