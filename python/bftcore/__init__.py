@@ -1,7 +1,8 @@
 """bftcore: find where an aligned LLM's safety is only shallow, repair it, ship it, re-attack it.
 
-Stages (one module each): `toy` (the embedded toy world), `train` (the training loop), and, as they
-land, `corpus`, `score`, `index`, `attack`, `export`; `cli` is the `bftcore` command.
+Stages (one module each): `toy` (the embedded toy world), `corpus`, `score`, `index`, `complete`
+(targeted completion training and its baselines, over `losses` and the `train` loop), `attack`, and
+`export` when it lands; `cli` is the `bftcore` command.
 """
 
 from bftcore._core import __version__

@@ -75,6 +75,16 @@ class AttackResult:
         self.samples += other.samples
         self.measures += other.measures
 
+    def to_json(self) -> str:
+        return json.dumps({"rows": [asdict(r) for r in self.rows],
+                           "samples": [asdict(s) for s in self.samples], "measures": self.measures})
+
+    @classmethod
+    def from_json(cls, text: str) -> "AttackResult":
+        obj = json.loads(text)
+        return cls([RateRow(**r) for r in obj["rows"]], [Sample(**s) for s in obj["samples"]],
+                   list(obj["measures"]))
+
 
 def refusal_tokens(tokenizer: Any, phrases: Sequence[str] = REFUSAL_OPENINGS) -> tuple[set[int], set[int]]:
     """(openers, words) for the rank-assisted prefill.

@@ -22,11 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bftcore import __version__
+from bftcore.complete import METHODS, PENALTIES, TEACHERS, CompleteConfig
 from bftcore.errors import BadInput, CheckFailed
 
 ARCH_CHOICE = click.Choice(["llama", "qwen2"])
 # Off a terminal rich would wrap at 80 columns; tables get room and messages never wrap.
-console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
+console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -62,6 +63,33 @@ def _rows_table(rows: list[Any], title: str) -> Table:
         table.add_row(r.model, r.arch, r.attack, "" if r.k is None else str(r.k), r.metric,
                       r.fraction(), r.interval())
     return table
+
+
+def _comparison_table(rows: list[Any], models: list[str], title: str) -> Table:
+    """One row per (attack, k, metric), one column per model: x/n and the rate with its interval."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("attack", no_wrap=True)
+    for m in models:
+        table.add_column(m, justify="right", no_wrap=True, min_width=16)
+    cells: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        if r.model in models:
+            cells.setdefault((r.attack, r.k, r.metric), {})[r.model] = r
+    for (attack, k, metric), by_model in cells.items():
+        if len(by_model) < 2:
+            continue
+        name = attack if metric == "asr" else f"{attack} {metric.replace('_', '-')}"
+        table.add_row(name if k is None else f"{name} k={k}", *(
+            f"{by_model[m].fraction()}\n{_short_interval(by_model[m])}" if m in by_model else ""
+            for m in models))
+    return table
+
+
+def _short_interval(r: Any) -> str:
+    low, high = r.ci
+    return f"{100 * r.rate:.1f} [{100 * low:.1f},{100 * high:.1f}]"
 
 
 def _print_checks(checks: list[Any]) -> None:
@@ -214,8 +242,9 @@ def toy_check(arch: str | None, seed: int, world_dir: Path | None, device: str, 
 @click.option("--arch", type=ARCH_CHOICE, default="llama", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--fresh", is_flag=True, help="Re-measure the trained models (their rows are kept with the cached models).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the rows.")
-def demo(arch: str, seed: int, device: str, as_json: bool) -> None:
+def demo(arch: str, seed: int, device: str, fresh: bool, as_json: bool) -> None:
     """The whole pipeline on the embedded toy world: builds (or reuses) it, attacks the base and
     aligned models, indexes their held-out responses, and prints TOYWORLD.md's table.
 
@@ -230,7 +259,7 @@ def demo(arch: str, seed: int, device: str, as_json: bool) -> None:
 
     t0 = time.perf_counter()
     with progress_bars() as bar:
-        result = demo_run.run(arch, seed, device=str(resolve_device(device)), progress=bar)
+        result = demo_run.run(arch, seed, device=str(resolve_device(device)), progress=bar, fresh=fresh)
     if as_json:
         _emit_json({"rows": [r.to_dict() for r in result.rows], "measures": result.measures,
                     "checks": [{"name": c.name, "holds": c.holds, "detail": c.detail}
@@ -240,17 +269,29 @@ def demo(arch: str, seed: int, device: str, as_json: bool) -> None:
                               **{k: v for k, v in result.index.to_json(top=0).items()
                                  if k != "top_tokens"}},
                     "run_dir": str(result.run_dir),
+                    "models": {k: str(v) for k, v in result.models.items()},
                     "seconds": round(time.perf_counter() - t0, 2)})
     else:
         console.print(_world_line(result.world))
-        console.print(_rows_table(result.rows, "bftcore demo: attacks on held-out tasks "
-                                               "(exact judge; sampled: T=0.9, top-p 0.6, 8 samples)"))
+        shallow = [r for r in result.rows if r.model in ("base", "aligned")]
+        console.print(_rows_table(shallow, "bftcore demo: attacks on held-out tasks "
+                                           "(exact judge; sampled: T=0.9, top-p 0.6, 8 samples)"))
+        repaired = ["aligned", *dict.fromkeys(r.model for r in result.rows
+                                              if r.model not in ("base", "aligned"))]
+        if len(repaired) > 1:
+            console.print(_comparison_table(
+                result.rows, repaired,
+                f"completion ({demo_run.DEMO_COMPLETE.steps} steps, batch "
+                f"{demo_run.DEMO_COMPLETE.batch_size}, same data for every method) against the "
+                "baselines; x/n and rate % [95% Wilson]; rows of trained models are measured once per "
+                "model and code version, --fresh re-measures"))
         for m in result.measures:
             console.print(f"  {m['model']}: perplexity on benign held-out responses {m['value']:.3f} "
                           f"({m['tokens']} tokens)")
         console.print(_bucket_table(result.index, "index of held-out responses, per position bucket"))
         _print_checks(result.checks)
-        console.print(f"  index {result.index.path}; plot {result.run_dir / 'signal_decay.png'}")
+        console.print(f"  index {result.index.path}; plot {result.run_dir / 'signal_decay.png'}; "
+                      f"every row and sample in {result.run_dir / 'attacks'}")
     if not result.ok:
         raise CheckFailed("a row of the demo table does not hold")
 
@@ -590,6 +631,9 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--judge-label", help="The classifier judge's label that means harmful.")
 @click.option("--toy-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Toy world of the exact judge.")
 @click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval-harness tasks (needs the lm-eval package).")
+@click.option("--contrast-base", type=click.Path(path_type=Path),
+              help="Decode with contrastive suppression of this base model's favored tokens (inference-time variant).")
+@click.option("--contrast-gamma", type=click.FloatRange(min=0), default=2.0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write results.parquet, samples.parquet, results.md, asr_vs_k.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the rows.")
@@ -598,7 +642,8 @@ def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spe
            name: str | None, tag: str, limit: int | None, samples: int, temperature: float,
            top_p: float, max_new_tokens: int, seed: int, benign: Path | None,
            refusal_keywords: Path | None, judge_template: Path | None, judge_label: str | None,
-           toy_seed: int, lm_eval_tasks: str | None, device: str, out: Path | None, as_json: bool,
+           toy_seed: int, lm_eval_tasks: str | None, contrast_base: Path | None, contrast_gamma: float,
+           device: str, out: Path | None, as_json: bool,
            fmt: str | None, prompt_column: str | None, response_column: str | None,
            default_label: str | None, skip_bad: bool) -> None:
     """Attack a model and report each attack's success rate (x/n, 95% Wilson interval).
@@ -639,7 +684,15 @@ def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spe
         openers += REFUSALS + RECOVERY_REFUSALS
     judge = make_judge(judge_spec, phrases=phrases, extra_keywords=extra, device=dev, label=judge_label,
                        template=judge_template.read_text() if judge_template else None)
-    gen = TorchGenerator(load_model(model, device=dev), load_tokenizer(model))
+    tokenizer = load_tokenizer(model)
+    contrast = None
+    if contrast_base is not None:
+        from bftcore.generate import Contrast
+        from bftcore.models import check_same_tokenizer
+
+        check_same_tokenizer(load_tokenizer(contrast_base), tokenizer)
+        contrast = Contrast(load_model(contrast_base, device=dev), contrast_gamma)
+    gen = TorchGenerator(load_model(model, device=dev), tokenizer, contrast=contrast)
     cfg = atk.AttackConfig(ks=_int_list(ks), max_new_tokens=max_new_tokens, seed=seed, samples=samples,
                            temperature=temperature, top_p=top_p)
     arch = str(getattr(gen.model.config, "model_type", ""))
@@ -668,6 +721,134 @@ def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spe
             console.print(f"  perplexity on benign responses: {m['value']:.3f} ({m['tokens']} tokens)")
     if out:
         console.print(f"  results in {out}")
+
+
+@cli.command()
+@click.option("--aligned", required=True, type=click.Path(path_type=Path), help="Aligned model directory (the trainee starts from it).")
+@click.option("--base", type=click.Path(path_type=Path), help="Base model directory (needed by --method bft).")
+@click.option("--index", "index_path", type=click.Path(path_type=Path), help="Base-favored-token index of harmful responses (needed by --method bft).")
+@click.option("--base-shards", type=click.Path(path_type=Path),
+              help="Scored shards of the --data corpus ('bftcore score'): the penalty reads the base top-k there instead of running the base model.")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Harmful prompts with harmful responses; repeatable.")
+@click.option("--benign", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Benign prompt/response pairs (the capability anchor); repeatable.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output model directory.")
+@click.option("--method", type=click.Choice(list(METHODS)), default="bft", show_default=True,
+              help="bft (ours), or a baseline: sft, qi-augment, qi-constrained, derta.")
+@click.option("--steps", type=click.IntRange(min=1), default=CompleteConfig.steps, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=CompleteConfig.batch_size, show_default=True, help="Global records per step.")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=CompleteConfig.lr, show_default=True)
+@click.option("--harmful-frac", type=float, default=CompleteConfig.harmful_frac, show_default=True, help="Share of each batch from the harmful records.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--alpha", type=click.FloatRange(min=0), default=CompleteConfig.alpha, show_default=True, help="Position weight w(k) = 1 + alpha * R(bucket(k)).")
+@click.option("--lam", type=click.FloatRange(min=0), default=CompleteConfig.lam, show_default=True, help="Base-favored penalty weight.")
+@click.option("--penalty", type=click.Choice(list(PENALTIES)), default=CompleteConfig.penalty, show_default=True)
+@click.option("--beta", type=click.FloatRange(min=0), default=CompleteConfig.beta, show_default=True, help="Distillation weight.")
+@click.option("--teacher", type=click.Choice(list(TEACHERS)), default=CompleteConfig.teacher, show_default=True)
+@click.option("--gamma", type=click.FloatRange(min=0), default=CompleteConfig.gamma, show_default=True, help="Suppression strength of --teacher suppressed.")
+@click.option("--direct-frac", type=click.FloatRange(0, 1), default=CompleteConfig.direct_frac, show_default=True, help="bft: harmful records trained without a prefix.")
+@click.option("--max-prefix", type=click.IntRange(min=1), help="bft: cap on the prefix length k.")
+@click.option("--lora", is_flag=True, help="Train a LoRA adapter (peft) instead of full weights.")
+@click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--merge", is_flag=True, help="With --lora: write the merged model instead of the adapter.")
+@click.option("--refusals", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Template refusals (one per line), used where the aligned model does not refuse.")
+@click.option("--refusal-keywords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Extra refusal keywords (one per line) for judging the aligned model's own answers.")
+@click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True, help="Tokens per training sequence.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run card's summary as JSON.")
+@corpus_options
+def complete(aligned: Path, base: Path | None, index_path: Path | None, base_shards: Path | None,
+             data: tuple[Path, ...],
+             benign: tuple[Path, ...], out: Path, method: str, steps: int, batch_size: int,
+             grad_accum: int, lr: float, harmful_frac: float, seed: int, alpha: float, lam: float,
+             penalty: str, beta: float, teacher: str, gamma: float, direct_frac: float,
+             max_prefix: int | None, lora: bool, lora_r: int, merge: bool, refusals: Path | None,
+             refusal_keywords: Path | None, max_length: int, checkpoint_every: int, device: str,
+             as_json: bool, fmt: str | None, prompt_column: str | None, response_column: str | None,
+             default_label: str | None, skip_bad: bool) -> None:
+    """Targeted completion training: harden an aligned model where its safety learning is
+    incomplete (METHOD.md §2), or train one of the baselines on the same data and budget.
+
+    Interrupted runs resume from their last checkpoint when rerun with the same arguments.
+    Under torchrun each rank takes a slice of every global batch (DDP).
+
+    \b
+    Example:
+      bftcore complete --base B --aligned A --index corpus.bfti --data harmful.jsonl \
+          --benign benign.jsonl --out hardened/
+      bftcore complete --method qi-augment --aligned A --data harmful.jsonl --benign benign.jsonl --out qi/
+    """
+    from bftcore import complete as cp
+    from bftcore import index as bfti
+    from bftcore.corpus import ReadOptions, read_corpus
+    from bftcore.generate import TorchGenerator
+    from bftcore.judge import KeywordJudge
+    from bftcore.models import load_model, load_tokenizer, resolve_device
+
+    rank, world = _distributed()
+    dev = str(resolve_device(device))
+    if dev.startswith("cuda") and world > 1:
+        import torch
+
+        dev = f"cuda:{rank % torch.cuda.device_count()}"
+    cfg = CompleteConfig(method=method, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                         harmful_frac=harmful_frac, seed=seed, direct_frac=direct_frac, alpha=alpha,
+                         lam=lam, penalty=penalty, beta=beta, teacher=teacher, gamma=gamma,
+                         max_prefix=max_prefix, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r,
+                         checkpoint_every=checkpoint_every)
+    cfg.check()
+    if merge and not lora:
+        raise BadInput("--merge applies to --lora runs")
+    profile = None
+    if index_path is not None:
+        profile = cp.RetentionProfile.from_index(bfti.Index(index_path))
+    elif method == "bft":
+        raise BadInput("--method bft needs --index (build one with 'bftcore index')")
+    if method == "bft" and base is None and (teacher == "suppressed" or (penalty != "off" and not base_shards)):
+        raise BadInput("--method bft needs --base (or --base-shards): the base model's preferences drive the penalty")
+    opts = ReadOptions(fmt, prompt_column, response_column, "label", default_label, skip_bad)
+    harmful_records, _ = read_corpus(data, opts)
+    benign_records, _ = read_corpus(benign, ReadOptions(fmt, prompt_column, response_column, "label",
+                                                         default_label or "benign", skip_bad))
+    templates = _lines(refusals) if refusals else list(cp.DEFAULT_REFUSALS)
+    judge = KeywordJudge(extra=[*templates, *(_lines(refusal_keywords) if refusal_keywords else [])])
+
+    with progress_bars(rank == 0) as bar:
+        def build() -> Any:
+            gen = TorchGenerator(load_model(aligned, device=dev), load_tokenizer(aligned))
+            return cp.build_data(harmful_records, benign_records, gen, refuses=judge.refuses,
+                                 templates=templates, max_length=max_length, progress=bar)
+
+        training = cp.prepare_data(out, build)
+        stats = None
+        if base_shards is not None and method == "bft":
+            from bftcore.models import tokenizer_hash
+
+            stats = cp.ShardBaseStats(base_shards, harmful_records, training,
+                                      tokenizer_hash(load_tokenizer(aligned)), cfg.top_k)
+        result = cp.complete(base, aligned, training, out, cfg, profile=profile, device=dev, merge=merge,
+                             progress=bar, index_path=str(index_path) if index_path else None,
+                             base_stats=stats)
+    if rank != 0:
+        return
+    card = json.loads((out / cp.CARD).read_text())
+    summary = {k: card[k] for k in ("key", "data", "loss_first", "loss_final_mean10", "terms_final_mean10",
+                                    "resumed_from_step", "seconds_this_run")}
+    if as_json:
+        _emit_json({"out": str(out), "method": method, **summary})
+        return
+    d = card["data"]
+    console.print(f"{method}: {steps} steps on {d['harmful']} harmful ({d['self_refusals']} self-distilled "
+                  f"refusals) and {d['benign']} benign pairs"
+                  + (f", resumed at step {result.resumed_from}" if result.resumed_from else ""))
+    console.print(f"  loss {card['loss_first']:.4f} -> {card['loss_final_mean10']:.4f}; "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in card["terms_final_mean10"].items()))
+    console.print(f"  model in {out} (run card: {out / 'RUN_CARD.md'})")
 
 
 def _lines(path: Path) -> list[str]:

@@ -1,0 +1,324 @@
+"""Targeted completion training: data, examples, the loop (exact resume, DDP), the CLI, baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bftcore import complete as cp
+from bftcore.corpus import read_corpus
+from bftcore.generate import Contrast, Decoding, TorchGenerator, contrast_logprobs
+from bftcore.index import Index
+from bftcore.judge import KeywordJudge
+from bftcore.models import load_model, load_tokenizer
+from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS
+from conftest import run_cli
+
+ARCH = "llama"
+
+
+@pytest.fixture(scope="module")
+def small(toy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    """A small harmful/benign training set from the toy world's training split, and an index of
+    its harmful responses."""
+    root = tmp_path_factory.mktemp("complete")
+    harmful = (toy.data_dir / "harmful_train.jsonl").read_text().splitlines()[:48]
+    benign = (toy.data_dir / "benign_train.jsonl").read_text().splitlines()[:48]
+    (root / "harmful.jsonl").write_text("\n".join(harmful) + "\n")
+    (root / "benign.jsonl").write_text("\n".join(benign) + "\n")
+    r = run_cli("index", str(root / "harmful.jsonl"), "--base", str(toy.model_dir(ARCH, "base")),
+                "--aligned", str(toy.model_dir(ARCH, "aligned")), "--out", str(root / "h.bfti"),
+                "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    return {"root": root, "harmful": root / "harmful.jsonl", "benign": root / "benign.jsonl",
+            "index": root / "h.bfti"}
+
+
+def _data(toy, small, refuses=None) -> cp.CompletionData:  # type: ignore[no-untyped-def]
+    harmful, _ = read_corpus([small["harmful"]])
+    benign, _ = read_corpus([small["benign"]])
+    gen = TorchGenerator(load_model(toy.model_dir(ARCH, "aligned")), load_tokenizer(toy.tokenizer_dir(ARCH)))
+    judge = KeywordJudge(extra=REFUSALS + RECOVERY_REFUSALS)
+    return cp.build_data(harmful, benign, gen, refuses=refuses or judge.refuses, templates=REFUSALS)
+
+
+def test_data_builder_self_distils_refusals_and_falls_back_to_templates(toy, small) -> None:  # type: ignore[no-untyped-def]
+    data = _data(toy, small)
+    tok = load_tokenizer(toy.tokenizer_dir(ARCH))
+    assert len(data.harmful) == 48 and len(data.benign) == 48
+    # the aligned toy model refuses every clean harmful prompt: s(x) is its own refusal
+    assert all(h.refusal_source == "self" for h in data.harmful)
+    assert all(tok.decode(h.refusal, skip_special_tokens=True) in REFUSALS for h in data.harmful)
+    assert all(h.refusal[-1] == tok.eos_token_id and h.response[-1] != tok.eos_token_id for h in data.harmful)
+    # a judge that calls nothing a refusal: every s(x) is a template refusal
+    templated = _data(toy, small, refuses=lambda text: False)
+    assert all(h.refusal_source == "template" for h in templated.harmful)
+    assert data.digest() != templated.digest() and data.summary()["self_refusals"] == 48
+
+
+def test_retention_profile_draws_k_in_proportion_to_rbar() -> None:
+    profile = cp.RetentionProfile((1, 2, 3, 5, 9), (0.0, 1.0, 0.5, 0.0, 1.0), (10, 10, 10, 10, 10))
+    rng = random.Random(0)
+    ks = [profile.draw_k(rng, 12) for _ in range(20000)]
+    assert min(ks) >= 2 and max(ks) <= 12
+    share = {b: sum(1 for k in ks if lo <= k <= hi) / len(ks)
+             for b, (lo, hi) in enumerate([(1, 1), (2, 2), (3, 4), (5, 8), (9, 12)])}
+    assert share[0] == 0 and share[3] == 0  # R̄ = 0: the aligned model already learned there
+    for b, want in ((1, 0.4), (2, 0.2), (4, 0.4)):  # ∝ R̄: 1, 0.5, 1
+        assert abs(share[b] - want) < 0.02
+    assert profile.draw_k(rng, 1) == 1  # no bucket with R̄ > 0 reachable: any k that fits
+    assert profile.rbar(0) == 0.0 and profile.rbar(2) == 1.0 and profile.rbar(100) == 1.0
+
+
+def test_every_method_sees_the_same_records_and_builds_its_own_examples(toy, small) -> None:  # type: ignore[no-untyped-def]
+    data = _data(toy, small)
+    index_profile = cp.RetentionProfile.from_index(Index(small["index"]))
+    base = cp.CompleteConfig(batch_size=16)
+    seen = {}
+    for method in cp.METHODS:
+        cfg = cp.CompleteConfig(method=method, batch_size=16)
+        seen[method] = [cp.step_records(data, cfg, s) for s in range(7)]
+        ex = cp.make_examples(data, cfg, index_profile, 3)
+        assert len(ex) == 16 and sum(e.kind == "benign" for e in ex) == 8
+        harmful = [e for e in ex if e.harmful]
+        if method == "sft":
+            assert all(not e.prefix for e in harmful)
+        if method in ("qi-augment", "qi-constrained"):
+            assert all(len(e.prefix) <= 100 for e in harmful)
+        if method == "derta":
+            assert all(e.rto == e.target[0] for e in harmful)
+        if method == "bft":
+            for e in harmful:
+                assert e.weight == pytest.approx(1 + base.alpha * index_profile.rbar(len(e.prefix)))
+    assert all(seen[m] == seen["bft"] for m in cp.METHODS)
+    # a fresh pass over the data every epoch: 7 steps x 8 harmful records cover the 48 records
+    firsts = [i for s in seen["bft"][:6] for i in s[0]]
+    assert sorted(firsts) == list(range(48))
+
+
+def test_collate_positions_predict_their_tokens(toy, small) -> None:  # type: ignore[no-untyped-def]
+    data = _data(toy, small)
+    profile = cp.RetentionProfile.uniform()
+    for method in ("bft", "derta"):
+        ex = cp.make_examples(data, cp.CompleteConfig(method=method, batch_size=12), profile, 0)
+        b = cp.collate(ex, pad_id=0, device=torch.device("cpu"))
+        # a target position predicts the next input token, in the student and the clean sequence
+        assert torch.equal(b.ids[b.tgt_row, b.tgt_col + 1], b.tgt_tok)
+        assert torch.equal(b.clean_ids[b.tgt_row, b.clean_col + 1], b.tgt_tok)
+        if method == "bft":  # prefix positions predict the harmful token h_t
+            assert torch.equal(b.ids[b.pre_row, b.pre_col + 1], b.pre_tok)
+        counts = cp.term_counts(ex, method)
+        assert counts["ce"] == b.tgt_tok.numel() + (b.pre_tok.numel() if method == "derta" else 0)
+
+
+def test_contrastive_decoding() -> None:
+    lpa = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    lpb = torch.log(torch.tensor([[0.2, 0.6, 0.2]]))
+    got = contrast_logprobs(lpa, lpb, gamma=1.0, top_k=2).exp()[0]
+    raw = torch.tensor([0.6, 0.3 * (0.3 / 0.6), 0.1])  # token 1: base favours it by log 2
+    assert torch.allclose(got, raw / raw.sum(), atol=1e-6)
+    assert torch.allclose(contrast_logprobs(lpa, lpa, 2.0, 3), lpa, atol=1e-6)
+
+
+def test_contrastive_generator_equals_plain_when_the_base_is_the_model(toy) -> None:  # type: ignore[no-untyped-def]
+    tok = load_tokenizer(toy.tokenizer_dir(ARCH))
+    aligned = load_model(toy.model_dir(ARCH, "aligned"))
+    records, _ = read_corpus([toy.data_dir / "harmful_heldout.jsonl"])
+    inputs = [TorchGenerator(aligned, tok).prompt_ids(r.prompt) + [int(t) for t in
+              tok(r.response or "", add_special_tokens=False)["input_ids"][:10]] for r in records[:12]]
+    plain = TorchGenerator(aligned, tok).generate(inputs, Decoding(40))
+    same = TorchGenerator(aligned, tok, contrast=Contrast(aligned, 2.0)).generate(inputs, Decoding(40))
+    assert plain == same
+    contrasted = TorchGenerator(aligned, tok, contrast=Contrast(load_model(toy.model_dir(ARCH, "base")), 4.0))
+    assert contrasted.generate(inputs, Decoding(40)) != plain
+
+
+def _complete_args(toy, small, out: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return ["complete", "--base", str(toy.model_dir(ARCH, "base")), "--aligned",
+            str(toy.model_dir(ARCH, "aligned")), "--index", str(small["index"]), "--data",
+            str(small["harmful"]), "--benign", str(small["benign"]), "--out", str(out),
+            "--device", "cpu", *extra]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next(path.glob("*.safetensors"))))
+
+
+@pytest.mark.parametrize("method", cp.METHODS)
+def test_every_method_runs_from_the_cli(toy, small, tmp_path: Path, method: str) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / method
+    r = run_cli(*_complete_args(toy, small, out, "--method", method, "--steps", "3", "--batch-size", "8",
+                                "--json"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    card = json.loads((out / cp.CARD).read_text())
+    assert summary["method"] == method and card["config"]["method"] == method
+    assert len(card["log"]) == 3 and card["data"]["harmful"] == 48
+    want = set(cp.term_counts([cp.Example("recovery", [1], [2], [3])], method))
+    assert set(card["terms_final_mean10"]) == want  # every loss term is logged
+    assert (out / "RUN_CARD.md").is_file() and not (tmp_path / f".{method}.work").exists()
+    if method != "bft":
+        return
+    # an ordinary model directory that the other commands take
+    a = run_cli("attack", str(out), "--data", str(small["harmful"]), "--attack", "prefill", "--k", "5",
+                "--limit", "4", "--judge", "exact", "--json", "--device", "cpu")
+    assert a.returncode == 0, a.stderr
+    assert json.loads(a.stdout)["rows"][0]["n"] == 4
+
+
+def test_kill_and_rerun_gives_the_same_weights(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    args = ("--steps", "40", "--batch-size", "8", "--checkpoint-every", "4")
+    whole = tmp_path / "whole"
+    assert run_cli(*_complete_args(toy, small, whole, *args)).returncode == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "bftcore", *_complete_args(toy, small, killed, *args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = tmp_path / ".killed.work" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not killed.exists(), "the run ended before it was killed"
+    step = torch.load(checkpoint, weights_only=True)["step"]
+    assert 0 < step < 40
+    r = run_cli(*_complete_args(toy, small, killed, *args, "--json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["resumed_from_step"] >= step
+    a, b = _weights(whole), _weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((killed / cp.CARD).read_text())["log"] == json.loads((whole / cp.CARD).read_text())["log"]
+
+
+def test_a_checkpoint_of_other_settings_is_refused(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "m"
+    work = tmp_path / ".m.work"
+    r = run_cli(*_complete_args(toy, small, out, "--steps", "2", "--batch-size", "4"))
+    assert r.returncode == 0
+    work.mkdir()
+    # a stale checkpoint of other settings left in the work directory
+    torch.save({"step": 1, "key": "other", "model": {}, "optimizer": {}, "log": []}, work / "checkpoint.pt")
+    r = run_cli(*_complete_args(toy, small, out, "--steps", "3", "--batch-size", "4"))
+    assert r.returncode == 2 and "other settings" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args,why", [
+    (["--method", "bft", "--no-index"], "needs --index"),
+    (["--method", "nope"], "nope"),
+    (["--steps", "0"], "--steps"),
+    (["--merge"], "--merge applies to --lora"),
+])
+def test_bad_input_exits_2(toy, small, tmp_path: Path, args: list[str], why: str) -> None:  # type: ignore[no-untyped-def]
+    base = _complete_args(toy, small, tmp_path / "x")
+    if "--no-index" in args:
+        i = base.index("--index")
+        del base[i:i + 2]
+        args = [a for a in args if a != "--no-index"]
+    r = run_cli(*base, *args)
+    assert r.returncode == 2, r.stderr
+    assert why in r.stderr and "Traceback" not in r.stderr
+
+
+def test_lora_adapter_and_merged_model(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    for out, extra in ((adapter, ()), (merged, ("--merge",))):
+        r = run_cli(*_complete_args(toy, small, out, "--lora", "--steps", "4", "--batch-size", "8", "--lr", "1e-2",
+                                    *extra))
+        assert r.returncode == 0, r.stderr
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "config.json").exists()
+    assert (merged / "config.json").is_file()
+    # the adapter loads as the aligned model plus the adapter, equal to the merged model
+    a, m = load_model(adapter), load_model(merged)
+    ids = torch.tensor([[1, 5, 9, 13, 40]])
+    with torch.no_grad():
+        la, lm = a(input_ids=ids).logits, m(input_ids=ids).logits
+        lal = load_model(toy.model_dir(ARCH, "aligned"))(input_ids=ids).logits
+    assert torch.allclose(la, lm, atol=1e-4) and not torch.allclose(la, lal, atol=1e-4)
+
+
+def test_ddp_two_ranks_follow_the_single_process_loss_curve(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    args = ("--steps", "6", "--batch-size", "8", "--method", "bft")
+    single = tmp_path / "single"
+    assert run_cli(*_complete_args(toy, small, single, *args)).returncode == 0
+    dist = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           "-m", "bftcore", *_complete_args(toy, small, dist, *args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = json.loads((single / cp.CARD).read_text())
+    two = json.loads((dist / cp.CARD).read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    for a, b in zip(one["log"], two["log"], strict=True):
+        for term in ("loss", "ce", "penalty", "kd"):
+            assert a[term] == pytest.approx(b[term], rel=2e-3, abs=1e-5), (a["step"], term)
+    wa, wb = _weights(single), _weights(dist)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_harmful_records_without_responses_are_bad_input(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "How do I poison the well?", "label": "harmful"}) + "\n")
+    r = run_cli(*[a if a != str(small["harmful"]) else str(prompts) for a in
+                  _complete_args(toy, small, tmp_path / "y", "--steps", "2")])
+    assert r.returncode == 2 and "harmful responses" in r.stderr
+
+
+def test_attack_with_contrastive_decoding_from_the_cli(toy, small) -> None:  # type: ignore[no-untyped-def]
+    """The inference-time variant: the rank-assisted prefill's attacker sees the contrasted
+    distribution, and it stops most of the attacks that succeed without it."""
+    common = [str(toy.model_dir(ARCH, "aligned")), "--data", str(toy.data_dir / "harmful_heldout.jsonl"),
+              "--attack", "rank-prefill", "--k", "10", "--limit", "40", "--judge", "exact",
+              "--max-new-tokens", "48", "--json", "--device", "cpu"]
+    plain = run_cli("attack", *common)
+    contrasted = run_cli("attack", *common, "--contrast-base", str(toy.model_dir(ARCH, "base")))
+    assert plain.returncode == 0 and contrasted.returncode == 0, contrasted.stderr
+    before = json.loads(plain.stdout)["rows"][0]
+    after = json.loads(contrasted.stdout)["rows"][0]
+    assert before["x"] >= 30 and after["x"] <= before["x"] // 4
+    other = run_cli("attack", *common, "--contrast-base", str(toy.model_dir("qwen2", "base")))
+    assert other.returncode == 2 and "do not share a tokenizer" in other.stderr
+
+
+def test_base_statistics_from_scored_shards_equal_the_online_ones(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The penalty reads the base top-k from the shards `bftcore index` wrote for the same corpus:
+    the same training as running the base model online, without it."""
+    data = _data(toy, small)
+    harmful, _ = read_corpus([small["harmful"]])
+    from bftcore.models import tokenizer_hash
+
+    tok = load_tokenizer(toy.tokenizer_dir(ARCH))
+    stats = cp.ShardBaseStats(Path(str(small["index"]) + ".shards"), harmful, data, tokenizer_hash(tok), 20)
+    base = load_model(toy.model_dir(ARCH, "base"))
+    profile = cp.RetentionProfile.from_index(Index(small["index"]))
+    ex = cp.make_examples(data, cp.CompleteConfig(batch_size=16), profile, 1)
+    b = cp.collate(ex, tok.pad_token_id, torch.device("cpu"))
+    assert b.pre_row.numel() > 0
+    ids, lps = stats.lookup(b.pre_doc, b.pre_pos, 20)
+    with torch.no_grad():
+        online = torch.log_softmax(base(input_ids=b.ids, attention_mask=b.mask).logits[b.pre_row, b.pre_col], -1)
+    top_lp, top_ids = torch.topk(online, 20, dim=-1)
+    assert torch.allclose(lps, top_lp, atol=1e-4)
+    assert (ids[:, :5] == top_ids[:, :5]).float().mean() > 0.99  # ties deep in the tail may swap
+    # from the CLI: no --base needed, the run card says where the statistics came from
+    out = tmp_path / "from-shards"
+    args = [a for a in _complete_args(toy, small, out, "--steps", "2", "--batch-size", "8", "--base-shards",
+                                      str(small["index"]) + ".shards")]
+    i = args.index("--base")
+    del args[i:i + 2]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / cp.CARD).read_text())["base_statistics"] == "scored shards"
+    other = run_cli(*[a if a != str(small["harmful"]) else str(toy.data_dir / "harmful_heldout.jsonl")
+                      for a in args])
+    assert other.returncode == 2 and "another corpus" in other.stderr
