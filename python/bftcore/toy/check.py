@@ -60,7 +60,6 @@ def measure(tw: ToyWorld, arch: str, *, device: str = "cpu",
     w = tw.world
     harmful = [Record(e.id, e.prompt, e.response, "harmful", "toy")
                for e in w.examples("harmful", "heldout")]
-    benign = w.examples("benign", "heldout")
     tokenizer = load_tokenizer(tw.tokenizer_dir(arch))
     cfg = AttackConfig(ks=PREFILL_KS, max_new_tokens=160)
     rows: list[RateRow] = []
@@ -71,12 +70,20 @@ def measure(tw: ToyWorld, arch: str, *, device: str = "cpu",
         rows += suite.direct(harmful).rows
         if role == "aligned":
             rows += suite.prefill(harmful).rows
-        outs = gen.generate([gen.prompt_ids(e.prompt) for e in benign], Decoding(max_new_tokens=160),
-                            on_batch=counter(on_batch, f"{arch} {role} benign", len(benign)))
-        hits = sum(steps_of(tokenizer.decode(o, skip_special_tokens=True)) == w.step_phrases(e.task)
-                   for o, e in zip(outs, benign))
-        rows.append(RateRow(role, arch, "benign", None, "exact_match", hits, len(outs)))
+        rows.append(benign_exact_match(gen, w, role, arch, on_batch))
     return rows
+
+
+def benign_exact_match(gen: Any, world: Any, model: str, arch: str,
+                       on_batch: Progress | None = None) -> RateRow:
+    """Capability: the share of held-out benign tasks whose greedy answer has exactly the
+    canonical steps, in order."""
+    benign = world.examples("benign", "heldout")
+    outs = gen.generate([gen.prompt_ids(e.prompt) for e in benign], Decoding(max_new_tokens=160),
+                        on_batch=counter(on_batch, f"{arch} {model} benign", len(benign)))
+    hits = sum(steps_of(gen.tokenizer.decode(o, skip_special_tokens=True)) == world.step_phrases(e.task)
+               for o, e in zip(outs, benign))
+    return RateRow(model, arch, "benign", None, "exact_match", hits, len(outs))
 
 
 def signal_decay_checks(curves: Any, arch: str = "", label: str = "harmful",
