@@ -732,6 +732,9 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
         raise BadInput("--method bft needs --base (the base model's preferences drive the penalty)")
     profile = profile or RetentionProfile.uniform()
     rank, world = _dist()
+    if cfg.batch_size < world * cfg.grad_accum:
+        raise BadInput(f"--batch-size {cfg.batch_size} is smaller than ranks x --grad-accum "
+                       f"({world} x {cfg.grad_accum}): some micro-batches would be empty")
     torch.manual_seed(cfg.seed)
     aligned = Path(aligned)
     tok = load_tokenizer(aligned)
@@ -763,7 +766,8 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
     key = hashlib.sha256(f"{cfg.key()}:{data.digest()}:{profile.to_dict()}:{world}:"
                          f"{base_stats is not None}".encode()).hexdigest()[:16]
     work = work_dir(out)
-    result = train_loop(trainer, data, work, key, progress=progress, stop_after=stop_after)
+    with _exclusive(work, rank):
+        result = train_loop(trainer, data, work, key, progress=progress, stop_after=stop_after)
     if len(result.log) < cfg.steps or rank != 0:
         return result
     card = run_card(cfg, data, profile, result, base=base, aligned=aligned, index_path=index_path,
@@ -784,6 +788,27 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
         f.unlink()
     work.rmdir()
     return result
+
+
+@contextlib.contextmanager
+def _exclusive(work: Path, rank: int) -> Any:
+    """One run per output directory: a second one would write over the first's checkpoints."""
+    if rank != 0:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    work.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(work) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as e:
+        raise BadInput(f"another run is training into {work.parent / work.name[1:-5]}") from e
+    try:
+        yield
+    finally:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)
 
 
 def work_dir(out: Path) -> Path:
