@@ -684,6 +684,7 @@ def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spe
         openers += REFUSALS + RECOVERY_REFUSALS
     judge = make_judge(judge_spec, phrases=phrases, extra_keywords=extra, device=dev, label=judge_label,
                        template=judge_template.read_text() if judge_template else None)
+    target = load_model(model, device=dev)
     tokenizer = load_tokenizer(model)
     contrast = None
     if contrast_base is not None:
@@ -692,7 +693,7 @@ def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spe
 
         check_same_tokenizer(load_tokenizer(contrast_base), tokenizer)
         contrast = Contrast(load_model(contrast_base, device=dev), contrast_gamma)
-    gen = TorchGenerator(load_model(model, device=dev), tokenizer, contrast=contrast)
+    gen = TorchGenerator(target, tokenizer, contrast=contrast)
     cfg = atk.AttackConfig(ks=_int_list(ks), max_new_tokens=max_new_tokens, seed=seed, samples=samples,
                            temperature=temperature, top_p=top_p)
     arch = str(getattr(gen.model.config, "model_type", ""))
