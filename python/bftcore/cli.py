@@ -784,6 +784,8 @@ def complete(aligned: Path, base: Path | None, index_path: Path | None, base_sha
           --benign benign.jsonl --out hardened/
       bftcore complete --method qi-augment --aligned A --data harmful.jsonl --benign benign.jsonl --out qi/
     """
+    from dataclasses import replace
+
     from bftcore import complete as cp
     from bftcore import index as bfti
     from bftcore.corpus import ReadOptions, read_corpus
@@ -814,8 +816,7 @@ def complete(aligned: Path, base: Path | None, index_path: Path | None, base_sha
         raise BadInput("--method bft needs --base (or --base-shards): the base model's preferences drive the penalty")
     opts = ReadOptions(fmt, prompt_column, response_column, "label", default_label, skip_bad)
     harmful_records, _ = read_corpus(data, opts)
-    benign_records, _ = read_corpus(benign, ReadOptions(fmt, prompt_column, response_column, "label",
-                                                         default_label or "benign", skip_bad))
+    benign_records, _ = read_corpus(benign, replace(opts, label=default_label or "benign"))
     templates = _lines(refusals) if refusals else list(cp.DEFAULT_REFUSALS)
     judge = KeywordJudge(extra=[*templates, *(_lines(refusal_keywords) if refusal_keywords else [])])
 
