@@ -14,8 +14,11 @@ PIP := $(PY) -m pip
 install:
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch
 	@$(PY) -c "import maturin" 2>/dev/null || $(PIP) install "maturin>=1.7,<2"
+	@# llama.cpp compiles from source (~4.5 min on 2 cores), once: portable x86-64 flags, no llava
+	@$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install --quiet "llama-cpp-python==0.3.36"
 	@# editable install: builds the Rust core (cargo keeps target/ incremental) and the CLI entry point
-	$(PIP) install --quiet --no-build-isolation --editable ".[dev]"
+	$(PIP) install --quiet --no-build-isolation --editable ".[dev,deploy]"
 
 demo: install
 	$(PY) -m bftcore demo

@@ -593,6 +593,76 @@ def inspect(index_path: Path, bucket: int | None, top: int, label: str | None,
         console.print(f"plot: {plot}")
 
 
+# ---- export -----------------------------------------------------------------------------
+@cli.command("export")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(["gguf", "onnx"]), required=True, help="gguf (llama.cpp) or onnx (onnxruntime).")
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_k_m"]), default=None,
+              help="GGUF weight type [default: f16]; ONNX is always f32.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The .gguf file, or the ONNX directory.")
+@click.option("--verify", is_flag=True, help="Compare the export with PyTorch: token ids, max |logit diff|, argmax agreement.")
+@click.option("--verify-data", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Prompt/response records to verify on (default: built-in probe texts); repeatable.")
+@click.option("--verify-limit", type=click.IntRange(min=1), default=64, show_default=True, help="Records verified.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), help="Argmax agreement --verify asks [default: 0.99; 0.95 for q4_k_m].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: output, seconds, parity rows.")
+def export_cmd(model: Path, target: str, dtype: str | None, out: Path, verify: bool,
+               verify_data: tuple[Path, ...], verify_limit: int, min_agreement: float | None,
+               as_json: bool) -> None:
+    """Export a model directory (or LoRA adapter) to GGUF for llama.cpp or to ONNX for onnxruntime.
+
+    GGUF: Llama and Qwen2; byte-level BPE (GPT-2, Qwen2, Llama 3 pre-tokenizers) and
+    SentencePiece-style tokenizers; special tokens and the chat template go along. q4_k_m is
+    made by llama.cpp's quantizer. ONNX: one graph with a KV cache, tokenizer and config beside it.
+    With --verify, exits 1 when a token id differs or argmax agreement is below --min-agreement.
+
+    \b
+    Example:
+      bftcore export hardened/ --to gguf --dtype q8_0 --out hardened-q8_0.gguf --verify
+      bftcore export hardened/ --to onnx --out hardened-onnx/ --verify --verify-data heldout.jsonl
+      bftcore attack hardened-q8_0.gguf --attack prefill --data harmful.jsonl
+    """
+    from bftcore import export as ex
+
+    if target == "onnx" and dtype not in (None, "f32"):
+        raise BadInput(f"ONNX export writes F32 weights; --dtype {dtype} applies to GGUF only")
+    dtype = dtype or ("f16" if target == "gguf" else "f32")
+    if target == "gguf" and out.suffix != ".gguf":
+        raise BadInput(f"--out {out}: a GGUF file name ends in .gguf")
+    if target == "gguf" and out.is_dir():
+        raise BadInput(f"--out {out} is a directory")
+    if target == "onnx" and out.is_file():
+        raise BadInput(f"--out {out} is a file; ONNX export writes a directory")
+    ex.check_source(model, target)
+    start = time.perf_counter()
+    with progress_bars() as bar:
+        ex.export(model, target, out, dtype, progress=bar)
+        seconds = time.perf_counter() - start
+        rows = ex.verify(model, out, ex.verify_texts(model, verify_data, verify_limit), dtype) if verify else []
+    need = min_agreement if min_agreement is not None else ex.min_agreement(dtype)
+    failed = [r for r in rows if r.token_mismatches > 0 or r.argmax_agreement < need]
+    extra = {"tensor_types": ex.gguf_tensor_types(out)} if target == "gguf" else {}
+    if as_json:
+        _emit_json({"out": str(out), "to": target, "dtype": dtype, "seconds": round(seconds, 3), **extra,
+                    "parity": [r.to_dict() for r in rows], "min_agreement": need, "ok": not failed})
+    else:
+        types = ", ".join(f"{k} {v}" for k, v in extra.get("tensor_types", {}).items())
+        console.print(f"{target} {dtype}: {out} in {seconds:.1f} s" + (f" (tensors: {types})" if types else ""))
+        if rows:
+            table = Table(title=f"parity with PyTorch ({rows[0].texts} texts, {rows[0].positions} positions)")
+            for col in ("reader", "token ids", "max |Δ logit|", "argmax agreement"):
+                table.add_column(col)
+            for r in rows:
+                table.add_row(r.reader, "not checked" if r.token_mismatches < 0 else
+                              ("identical" if r.token_mismatches == 0 else f"{r.token_mismatches} texts differ"),
+                              f"{r.max_abs_logit:.2e}", f"{100 * r.argmax_agreement:.2f}%")
+            console.print(table)
+    if failed:
+        err.print(f"bftcore: verification failed: {', '.join(r.reader for r in failed)} "
+                  f"(token ids must match and argmax agreement be >= {100 * need:.0f}%)")
+        raise CheckFailed()
+
+
 # ---- attacks -----------------------------------------------------------------------------
 def _int_list(value: str) -> tuple[int, ...]:
     try:
@@ -605,7 +675,7 @@ def _int_list(value: str) -> tuple[int, ...]:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model")
 @click.option("--attack", "attacks", default="direct,prefill", show_default=True,
               help="Comma-separated: direct, prefill, prefill-sampled, rank-prefill, completion, decoding-exploit.")
 @click.option("--k", "ks", default="5,10,20,40", show_default=True, help="Prefill lengths (tokens).")
@@ -613,8 +683,11 @@ def _int_list(value: str) -> tuple[int, ...]:
               help="Prompts (and harmful responses, for prefilling); repeatable.")
 @click.option("--judge", "judge_spec", default="keyword", show_default=True,
               help="keyword, exact (toy world), classifier:PATH or causal:PATH.")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
-              help="Generator backend (ONNX Runtime and llama.cpp come with the export stage).")
+@click.option("--backend", type=click.Choice(["auto", "torch", "llamacpp", "onnx", "server"]), default="auto",
+              show_default=True, help="auto: llamacpp for a .gguf file, onnx for an export directory, "
+              "server for an http:// URL, else torch.")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path),
+              help="With --backend server: the served GGUF file (or a tokenizer directory).")
 @click.option("--name", help="Model name in the rows (default: the directory's name).")
 @click.option("--tag", default="", help="Suffix for the attack names in the rows (e.g. the data's style).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N records.")
@@ -638,8 +711,8 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write results.parquet, samples.parquet, results.md, asr_vs_k.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the rows.")
 @corpus_options
-def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
-           name: str | None, tag: str, limit: int | None, samples: int, temperature: float,
+def attack(model: str, attacks: str, ks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
+           tokenizer_path: Path | None, name: str | None, tag: str, limit: int | None, samples: int, temperature: float,
            top_p: float, max_new_tokens: int, seed: int, benign: Path | None,
            refusal_keywords: Path | None, judge_template: Path | None, judge_label: str | None,
            toy_seed: int, lm_eval_tasks: str | None, contrast_base: Path | None, contrast_gamma: float,
@@ -655,8 +728,12 @@ def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spe
     Example:
       bftcore attack aligned/ --attack direct,prefill,rank-prefill --k 5,10,20,40 \
           --data harmful.jsonl --judge keyword --out results/
+      bftcore attack hardened-q8_0.gguf --backend llamacpp --attack prefill --data harmful.jsonl
+      bftcore attack http://127.0.0.1:8000 --backend server --tokenizer hardened-q8_0.gguf \
+          --attack prefill --data harmful.jsonl
     """
     from bftcore import attack as atk
+    from bftcore.backends import detect_backend, open_generator
     from bftcore.corpus import ReadOptions, read_corpus
     from bftcore.generate import TorchGenerator
     from bftcore.judge import make_judge
@@ -684,20 +761,27 @@ def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spe
         openers += REFUSALS + RECOVERY_REFUSALS
     judge = make_judge(judge_spec, phrases=phrases, extra_keywords=extra, device=dev, label=judge_label,
                        template=judge_template.read_text() if judge_template else None)
-    target = load_model(model, device=dev)
-    tokenizer = load_tokenizer(model)
-    contrast = None
-    if contrast_base is not None:
-        from bftcore.generate import Contrast
-        from bftcore.models import check_same_tokenizer
+    kind = detect_backend(model) if backend == "auto" else backend
+    if kind == "torch" and not str(model).startswith(("http://", "https://")):
+        target = load_model(model, device=dev)
+        tokenizer = load_tokenizer(model)
+        contrast = None
+        if contrast_base is not None:
+            from bftcore.generate import Contrast
+            from bftcore.models import check_same_tokenizer
 
-        check_same_tokenizer(load_tokenizer(contrast_base), tokenizer)
-        contrast = Contrast(load_model(contrast_base, device=dev), contrast_gamma)
-    gen = TorchGenerator(target, tokenizer, contrast=contrast)
+            check_same_tokenizer(load_tokenizer(contrast_base), tokenizer)
+            contrast = Contrast(load_model(contrast_base, device=dev), contrast_gamma)
+        gen: Any = TorchGenerator(target, tokenizer, contrast=contrast)
+        arch = str(getattr(gen.model.config, "model_type", ""))
+    else:
+        if contrast_base is not None or benign or lm_eval_tasks:
+            raise BadInput(f"--contrast-base, --benign and --lm-eval need the torch backend, not {kind}")
+        gen = open_generator(model, kind, device=dev, tokenizer=tokenizer_path)
+        arch = gen.arch
     cfg = atk.AttackConfig(ks=_int_list(ks), max_new_tokens=max_new_tokens, seed=seed, samples=samples,
                            temperature=temperature, top_p=top_p)
-    arch = str(getattr(gen.model.config, "model_type", ""))
-    label = name or model.resolve().name
+    label = name or (model if kind == "server" else Path(model).resolve().name)
     result = atk.AttackResult()
     with progress_bars() as bar:
         suite = atk.Suite(gen, judge, cfg, model=label, arch=arch, openers=openers, progress=bar)
@@ -708,7 +792,7 @@ def attack(model: Path, attacks: str, ks: str, data: tuple[Path, ...], judge_spe
         result.measures.append(atk.perplexity(gen, brecs, model=label, arch=arch))
     if lm_eval_tasks:
         result.measures.append({"model": label, "arch": arch, "metric": "lm_eval",
-                                "value": atk.lm_eval(model, lm_eval_tasks.split(","), dev),
+                                "value": atk.lm_eval(Path(model), lm_eval_tasks.split(","), dev),
                                 "tokens": 0})
     if out:
         atk.write_results(result, out)

@@ -1,0 +1,682 @@
+"""The export stage: a model directory to a GGUF file (llama.cpp) or an ONNX graph (onnxruntime).
+
+GGUF is written by bftcore itself with `gguf.GGUFWriter`: llama.cpp's own converter recognises a
+BPE pre-tokenizer only by a hash of known models, so it refuses every locally trained tokenizer.
+F32/F16/BF16/Q8_0 are quantized by the `gguf` package; K-quants (Q4_K_M) by llama.cpp's own
+quantizer, from an F32 file. Norms and biases stay F32, as llama.cpp's converter keeps them.
+
+ONNX is one graph with a KV cache (`model.onnx`): inputs input_ids, attention_mask, position_ids
+and `past` (every layer's keys and values stacked, [layers, 2, batch, kv_heads, past, head_dim],
+past = 0 for the prompt), outputs logits and `present` (the same stack, one step longer). The
+tokenizer files, config.json and `export.json` sit beside it.
+
+`verify` compares an exported artifact with PyTorch on texts: tokenizer ids, max |Δ logit| and
+argmax agreement over real positions; for GGUF also a second, independent reading of the file by
+transformers (`gguf_file=`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bftcore.backends import quiet_stderr
+from bftcore.errors import BadInput
+from bftcore.models import atomic_dir, load_model, load_tokenizer
+
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
+TARGETS = ("gguf", "onnx")
+SUPPORTED_ARCHS = ("llama", "qwen2")
+# Qwen2's pre-tokenizer regex, as its tokenizer.json spells it (llama.cpp: pre = "qwen2")
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Llama 3's (llama.cpp: pre = "llama-bpe")
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+# ---- reading the source model --------------------------------------------------------------
+def _config(model_dir: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+    except FileNotFoundError as e:
+        raise BadInput(f"{model_dir}: not a model directory (no config.json)") from e
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{model_dir}/config.json: not JSON ({e.msg})") from e
+    arch = cfg.get("model_type")
+    if arch not in SUPPORTED_ARCHS:
+        raise BadInput(f"{model_dir}: architecture {arch!r} cannot be exported "
+                       f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        raise BadInput(f"{model_dir}: rope scaling {rope.get('rope_type')!r} is not exported (only default RoPE)")
+    if arch == "qwen2" and cfg.get("use_sliding_window"):
+        raise BadInput(f"{model_dir}: Qwen2 with sliding-window attention is not exported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise BadInput(f"{model_dir}: activation {cfg.get('hidden_act')!r} is not exported (only silu)")
+    return cfg
+
+
+def _rope_theta(cfg: dict[str, Any]) -> float:
+    rope = cfg.get("rope_parameters") or {}
+    return float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+
+
+def _head_dim(cfg: dict[str, Any]) -> int:
+    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+
+
+def _tokenizer_json(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "tokenizer.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    backend = getattr(load_tokenizer(model_dir), "backend_tokenizer", None)
+    if backend is None:
+        raise BadInput(f"{model_dir}: no tokenizer.json (slow tokenizers are not exported)")
+    return json.loads(backend.to_str())
+
+
+def _tokenizer_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    jinja = model_dir / "chat_template.jinja"
+    if not cfg.get("chat_template") and jinja.is_file():
+        cfg["chat_template"] = jinja.read_text()
+    return cfg
+
+
+# ---- tokenizer metadata ---------------------------------------------------------------------
+@dataclass
+class GGUFVocab:
+    """What llama.cpp needs to tokenize as the HF tokenizer does."""
+
+    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece-style)
+    pre: str | None  # the BPE pre-tokenizer name llama.cpp knows
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] = field(default_factory=list)
+    special: dict[str, int] = field(default_factory=dict)  # bos/eos/pad/unk -> id
+    add_bos: bool = False
+    add_space_prefix: bool | None = None
+    chat_template: str | None = None
+
+
+def _pre_tokenizer_name(pre: dict[str, Any] | None) -> str | None:
+    """llama.cpp's name for a byte-level BPE pre-tokenizer, or None when it has none."""
+    if not pre:
+        return None
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        return "gpt-2"
+    if pre.get("type") == "Sequence":
+        parts = pre.get("pretokenizers", [])
+        splits = [p for p in parts if p.get("type") == "Split"]
+        levels = [p for p in parts if p.get("type") == "ByteLevel"]
+        if len(parts) == 2 and len(splits) == 1 and len(levels) == 1 and not levels[0].get("use_regex", True) \
+                and not levels[0].get("add_prefix_space"):
+            regex = splits[0].get("pattern", {}).get("Regex")
+            return {QWEN2_REGEX: "qwen2", LLAMA3_REGEX: "llama-bpe"}.get(regex)
+    return None
+
+
+def _is_sentencepiece(tok: dict[str, Any]) -> bool:
+    """A Llama-2-style tokenizer: BPE over '▁'-joined pieces with byte fallback."""
+    model, pre, norm = tok.get("model", {}), tok.get("pre_tokenizer") or {}, tok.get("normalizer") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return False
+    metaspace = pre.get("type") == "Metaspace"
+    replaces = "▁" in json.dumps(norm, ensure_ascii=False)
+    return metaspace or replaces
+
+
+def tokenizer_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
+    """Tokenizer metadata for GGUF, or BadInput naming what cannot be represented."""
+    tok = _tokenizer_json(model_dir)
+    tcfg = _tokenizer_config(model_dir)
+    model = tok.get("model", {})
+    vocab: dict[str, int] = model.get("vocab", {})
+    added = {int(a["id"]): a for a in tok.get("added_tokens", [])}
+    if model.get("type") != "BPE" or not isinstance(vocab, dict):
+        raise BadInput(f"{model_dir}: tokenizer model {model.get('type')!r} cannot be exported "
+                       "(supported: byte-level BPE, SentencePiece-style BPE with byte fallback)")
+    n = max([*vocab.values(), *added, -1]) + 1
+    if n > vocab_size:
+        raise BadInput(f"{model_dir}: the tokenizer has {n} tokens but the model only {vocab_size} embeddings")
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [int(_token_type("UNUSED"))] * vocab_size
+    for text, i in vocab.items():
+        tokens[i], types[i] = text, int(_token_type("NORMAL"))
+    sentencepiece = _is_sentencepiece(tok)
+    pre = None
+    if sentencepiece:
+        kind = "llama"
+        for text, i in vocab.items():
+            if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+                types[i] = int(_token_type("BYTE"))
+        if model.get("unk_token") in vocab:
+            types[vocab[model["unk_token"]]] = int(_token_type("UNKNOWN"))
+    else:
+        kind = "gpt2"
+        pre = _pre_tokenizer_name(tok.get("pre_tokenizer"))
+        if pre is None:
+            raise BadInput(f"{model_dir}: BPE pre-tokenizer {json.dumps(tok.get('pre_tokenizer'))[:120]} is not "
+                           "one llama.cpp reproduces (supported: byte-level GPT-2, Qwen2, Llama 3)")
+        if tok.get("normalizer") not in (None, {"type": "NFC"}):
+            raise BadInput(f"{model_dir}: tokenizer normalizer {tok['normalizer'].get('type')!r} is not exported")
+    for i, a in added.items():
+        tokens[i] = a["content"]
+        types[i] = int(_token_type("CONTROL" if a.get("special") else "USER_DEFINED"))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    scores = None
+    if sentencepiece:
+        # llama.cpp's SentencePiece tokenizer merges the pair whose result scores highest: the
+        # BPE merge order, earliest first, is the score order
+        rank: dict[str, int] = {}
+        for r, m in enumerate(merges):
+            rank.setdefault(m.replace(" ", ""), r)
+        scores = [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+    special: dict[str, int] = {}
+    for role in ("bos", "eos", "pad", "unk"):
+        text = tcfg.get(f"{role}_token")
+        if isinstance(text, dict):
+            text = text.get("content")
+        ids = [i for i, a in added.items() if a["content"] == text] or ([vocab[text]] if text in vocab else [])
+        if text and ids:
+            special[role] = ids[0]
+    return GGUFVocab(kind, pre, tokens, types, scores, merges, special,
+                     add_bos=_adds_bos(tok, special.get("bos")),
+                     add_space_prefix=_adds_space_prefix(tok) if sentencepiece else None,
+                     chat_template=tcfg.get("chat_template"))
+
+
+def _token_type(name: str) -> int:
+    import gguf
+
+    return int(gguf.TokenType[name])
+
+
+def _adds_bos(tok: dict[str, Any], bos: int | None) -> bool:
+    """Whether the tokenizer's post-processor puts BOS before a single text."""
+    post = json.dumps(tok.get("post_processor") or {})
+    return bos is not None and f'"id": {bos}' in post.replace('"ids": [', '"id": ')
+
+
+def _adds_space_prefix(tok: dict[str, Any]) -> bool:
+    pre, norm = tok.get("pre_tokenizer") or {}, json.dumps(tok.get("normalizer") or {})
+    if pre.get("type") == "Metaspace":
+        return pre.get("prepend_scheme", "always") != "never"
+    return '"Prepend"' in norm
+
+
+# ---- GGUF -------------------------------------------------------------------------------------
+_GGUF_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight", "self_attn.o_proj.bias": "attn_output.bias",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.gate_proj.bias": "ffn_gate.bias",
+    "mlp.up_proj.weight": "ffn_up.weight", "mlp.up_proj.bias": "ffn_up.bias",
+    "mlp.down_proj.weight": "ffn_down.weight", "mlp.down_proj.bias": "ffn_down.bias",
+}
+
+
+def gguf_name(hf_name: str) -> str | None:
+    """The GGUF tensor name of a transformers parameter (None for buffers llama.cpp recomputes)."""
+    if hf_name in _GGUF_NAMES:
+        return _GGUF_NAMES[hf_name]
+    parts = hf_name.split(".")
+    if parts[:2] == ["model", "layers"] and len(parts) > 3:
+        rest = ".".join(parts[3:])
+        if rest in _LAYER_NAMES:
+            return f"blk.{int(parts[2])}.{_LAYER_NAMES[rest]}"
+    if hf_name.endswith("rotary_emb.inv_freq"):
+        return None
+    raise BadInput(f"tensor {hf_name!r} has no GGUF counterpart in this exporter")
+
+
+def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's rotate-half Q/K rows to llama.cpp's interleaved pairs (Llama only; Qwen2 uses NEOX)."""
+    rows = w.shape[0]
+    half = rows // n_head // 2
+    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tensor_type(name: str, array: np.ndarray, dtype: str) -> Any:
+    """The GGML type of one tensor: norms and biases F32, matrices the asked-for type (Q8_0 falls
+    back to F16 where a row is not a whole number of 32-wide blocks)."""
+    from gguf import GGMLQuantizationType as Q
+
+    if array.ndim < 2 or dtype in ("f32", "q4_k_m"):
+        return Q.F32
+    if dtype == "f16":
+        return Q.F16
+    if dtype == "bf16":
+        return Q.BF16
+    if dtype == "q8_0":
+        return Q.Q8_0 if array.shape[-1] % 32 == 0 else Q.F16
+    raise BadInput(f"unknown GGUF dtype {dtype!r} (known: {', '.join(GGUF_DTYPES)})")
+
+
+_FILE_TYPE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
+              "q4_k_m": "ALL_F32"}
+
+
+def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16",
+                progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """Write `out` (atomically): the model of `model_dir` as GGUF in `dtype`."""
+    import gguf
+
+    model_dir, out = Path(model_dir), Path(out)
+    if dtype not in GGUF_DTYPES:
+        raise BadInput(f"unknown GGUF dtype {dtype!r} (known: {', '.join(GGUF_DTYPES)})")
+    cfg = _config(model_dir) if (model_dir / "config.json").is_file() else _adapter_config(model_dir)
+    arch = cfg["model_type"]
+    vocab = tokenizer_vocab(model_dir, int(cfg["vocab_size"]))
+    state = {k: v.detach().float().numpy() for k, v in load_model(model_dir).state_dict().items()}
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        w = gguf.GGUFWriter(tmp, arch)
+        w.add_name(model_dir.name)
+        w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
+        w.add_embedding_length(int(cfg["hidden_size"]))
+        w.add_block_count(int(cfg["num_hidden_layers"]))
+        w.add_feed_forward_length(int(cfg["intermediate_size"]))
+        w.add_head_count(int(cfg["num_attention_heads"]))
+        w.add_head_count_kv(int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]))
+        w.add_rope_freq_base(_rope_theta(cfg))
+        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+        hd = _head_dim(cfg)
+        w.add_rope_dimension_count(hd)
+        if hd * int(cfg["num_attention_heads"]) != int(cfg["hidden_size"]):
+            w.add_key_length(hd)
+            w.add_value_length(hd)
+        w.add_vocab_size(int(cfg["vocab_size"]))
+        w.add_file_type(int(gguf.LlamaFileType[_FILE_TYPE[dtype]]))
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_vocab(w, vocab)
+        n_head = int(cfg["num_attention_heads"])
+        n_kv = int(cfg.get("num_key_value_heads") or n_head)
+        names = sorted(state)
+        for i, hf in enumerate(names):
+            name = gguf_name(hf)
+            if name is None or (tied and name == "output.weight"):
+                continue
+            a = state[hf]
+            if arch == "llama" and name.endswith(("attn_q.weight", "attn_q.bias")):
+                a = rope_permute(a, n_head)
+            elif arch == "llama" and name.endswith(("attn_k.weight", "attn_k.bias")):
+                a = rope_permute(a, n_kv)
+            qtype = _tensor_type(name, a, dtype)
+            data = gguf.quants.quantize(np.ascontiguousarray(a, dtype=np.float32), qtype)
+            w.add_tensor(name, data, raw_dtype=qtype)  # the shape follows from the bytes
+            if progress is not None:
+                progress(f"gguf {dtype}", i + 1, len(names))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        if dtype == "q4_k_m":
+            _llama_quantize(tmp, out, "q4_k_m")
+            tmp.unlink()
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def _adapter_config(model_dir: Path) -> dict[str, Any]:
+    """A LoRA adapter directory exports as its merged model: the base model's config."""
+    model = load_model(model_dir)  # raises BadInput for what is not a model or adapter
+    cfg = model.config.to_dict()
+    return _config_checked(cfg, model_dir)
+
+
+def _config_checked(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        (tmp / "config.json").write_text(json.dumps(cfg))
+        return _config(tmp)
+    except BadInput as e:
+        raise BadInput(str(e).replace(str(tmp), str(where))) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _add_vocab(w: Any, v: GGUFVocab) -> None:
+    w.add_tokenizer_model(v.model)
+    if v.pre is not None:
+        w.add_tokenizer_pre(v.pre)
+    w.add_token_list(v.tokens)
+    w.add_token_types(v.types)
+    if v.scores is not None:
+        w.add_token_scores(v.scores)
+    if v.merges and v.model == "gpt2":
+        w.add_token_merges(v.merges)
+    adders = {"bos": w.add_bos_token_id, "eos": w.add_eos_token_id, "pad": w.add_pad_token_id,
+              "unk": w.add_unk_token_id}
+    for role, i in v.special.items():
+        adders[role](i)
+    w.add_add_bos_token(v.add_bos)
+    w.add_add_eos_token(False)
+    if v.add_space_prefix is not None:
+        w.add_add_space_prefix(v.add_space_prefix)
+    if v.chat_template:
+        w.add_chat_template(v.chat_template)
+
+
+def _llama_quantize(src: Path, dest: Path, dtype: str) -> None:
+    """K-quants through llama.cpp's own quantizer (the `gguf` package has none), atomically."""
+    import llama_cpp
+
+    ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[dtype]
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = os.cpu_count() or 1
+    tmp = dest.with_name(f".{dest.name}.q.tmp")
+    try:
+        with quiet_stderr():
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0:
+            raise BadInput(f"llama.cpp could not quantize {src.name} to {dtype} (code {rc})")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def gguf_tensor_types(path: str | Path) -> dict[str, int]:
+    """How many tensors of each GGML type a GGUF file holds (K-quants fall back per tensor)."""
+    from gguf import GGUFReader
+
+    counts: dict[str, int] = {}
+    for t in GGUFReader(str(path)).tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ---- ONNX -------------------------------------------------------------------------------------
+class _StepGraph(torch.nn.Module):
+    """One decoding step over a stacked KV cache: what the exported graph computes."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = int(model.config.num_hidden_layers)
+        import inspect
+
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters \
+            else "past_key_values"
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i in range(self.layers):
+            cache.update(past[i, 0], past[i, 1], i)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, **{self._cache_arg: cache})
+        kv = getattr(out, self._cache_arg)
+        present = torch.stack([torch.stack([kv.layers[i].keys, kv.layers[i].values])
+                               for i in range(self.layers)])
+        return out.logits, present
+
+
+def export_onnx(model_dir: str | Path, out: str | Path,
+                progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """Write the directory `out` (atomically): model.onnx (KV cache graph), tokenizer, config."""
+
+    model_dir, out = Path(model_dir), Path(out)
+    model = load_model(model_dir)
+    cfg = _config_checked(model.config.to_dict(), model_dir)
+    model = _eager(model)  # the SDPA path has data-dependent branches the exporter cannot trace
+    layers, kvh, hd = int(cfg["num_hidden_layers"]), int(cfg.get("num_key_value_heads") or
+                                                         cfg["num_attention_heads"]), _head_dim(cfg)
+    # example sizes >= 2 for every dynamic dimension (the exporter specialises 0 and 1)
+    b, t, s = 2, 3, 4
+    ids = torch.randint(0, int(cfg["vocab_size"]), (b, s))
+    mask = torch.ones(b, t + s, dtype=torch.long)
+    pos = torch.arange(t, t + s)[None].repeat(b, 1)
+    past = torch.zeros(layers, 2, b, kvh, t, hd)
+    B, T, S, N = (torch.export.Dim(n) for n in ("batch", "past", "seq", "total"))
+    if progress is not None:
+        progress("onnx export", 0, 1)
+    with atomic_dir(out) as tmp, quiet_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on axis names it merged
+        torch.onnx.export(
+            _StepGraph(model).eval(), (ids, mask, pos, past), str(tmp / "model.onnx"), dynamo=True,
+            input_names=["input_ids", "attention_mask", "position_ids", "past"],
+            output_names=["logits", "present"],
+            dynamic_shapes={"input_ids": {0: B, 1: S}, "attention_mask": {0: B, 1: N},
+                            "position_ids": {0: B, 1: S}, "past": {2: B, 4: T}},
+            external_data=False, verbose=False)
+        for f in sorted(model_dir.iterdir()):
+            if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens")) or f.suffix == ".jinja"
+                                or f.name in ("config.json", "generation_config.json")):
+                shutil.copyfile(f, tmp / f.name)
+        if not (tmp / "config.json").is_file():
+            model.config.to_json_file(tmp / "config.json")
+        if not any(tmp.glob("tokenizer*")):
+            load_tokenizer(model_dir).save_pretrained(tmp)
+        (tmp / "export.json").write_text(json.dumps({
+            "format": "bftcore-onnx-kv/1", "source": str(model_dir.resolve()), "arch": cfg["model_type"],
+            "layers": layers, "kv_heads": kvh, "head_dim": hd, "vocab_size": int(cfg["vocab_size"]),
+            "inputs": ["input_ids", "attention_mask", "position_ids", "past"],
+            "outputs": ["logits", "present"],
+            "past_layout": "[layers, 2 (keys, values), batch, kv_heads, past, head_dim]",
+        }, indent=2) + "\n")
+    if progress is not None:
+        progress("onnx export", 1, 1)
+    return out
+
+
+def _eager(model: Any) -> Any:
+    """The same model with eager attention (exportable), weights untouched."""
+    model.config._attn_implementation = "eager"
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+        except (ValueError, AttributeError):
+            pass
+    return model.eval()
+
+
+# ---- verification -----------------------------------------------------------------------------
+# Texts for `--verify` when no data is given: prose, digits, code, whitespace runs, unicode, CJK,
+# emoji; each is checked raw and inside the chat template.
+PROBE_TEXTS = (
+    "How do I mend a fishing net? Step 1: lay the net flat.",
+    "Sure, here is how to bake rye bread.\nStep 1: mix 500 g of flour with 10 g of salt.",
+    "  leading spaces,\ttabs,\n\nblank lines   and trailing spaces  ",
+    "Numbers 1234567890 and 3.14159, dates 2026-11-29, ids #A7-b9.",
+    "def f(x):\n    return {'a': [x ** 2 for _ in range(3)]}  # code",
+    "Ünïcödé, naïve café, Straße, ångström, ½ ¼ ¾ ≤ ≥ ∑",
+    "日本語のテキストと中文文本，还有한국어.",
+    "Emoji 🙂🚀🧪 and symbols ©®™ → ← ↑ ↓",
+    "I can't help with that. I'm sorry, but that would be harmful.",
+    "Mixed CASE words, don't WON'T shouldn't, e-mail: x@y.z",
+)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """One reader of an exported artifact against the PyTorch source, on the same token ids."""
+
+    artifact: str
+    reader: str  # llama.cpp, onnxruntime, transformers(gguf)
+    dtype: str
+    texts: int
+    positions: int
+    token_mismatches: int  # texts the artifact's own tokenizer splits differently (-1: not checked)
+    max_abs_logit: float
+    argmax_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify_texts(model_dir: str | Path, data: Sequence[str | Path] = (), limit: int = 64) -> list[str]:
+    """Texts for verification: prompt (through the chat template) + response of the first `limit`
+    records of `data`, or the built-in probes raw and in the chat template."""
+    from bftcore.chat import has_chat_template
+    from bftcore.corpus import read_corpus
+
+    tok = load_tokenizer(model_dir)
+
+    def chat(messages: list[dict[str, str]], response: str) -> str:
+        if not has_chat_template(tok):
+            return messages[-1]["content"] + " " + response
+        return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)) + response
+
+    if data:
+        records, _ = read_corpus(list(data))
+        return [chat(r.messages(), r.response or "") for r in records[:limit]]
+    return [*PROBE_TEXTS, *(chat([{"role": "user", "content": t}], t) for t in PROBE_TEXTS)]
+
+
+def verify(model_dir: str | Path, artifact: str | Path, texts: Sequence[str], dtype: str = "") -> list[Parity]:
+    """Compare an exported GGUF file or ONNX directory with the PyTorch model on `texts`."""
+    model_dir, artifact = Path(model_dir), Path(artifact)
+    tok = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    ids = [x for x in ids if x]
+    if not ids:
+        raise BadInput("no text to verify on")
+    with torch.no_grad():
+        ref = [model(input_ids=torch.tensor([x])).logits[0].float().numpy() for x in ids]
+    if artifact.is_dir():
+        return [_parity(str(artifact), "onnxruntime", dtype or "f32", ref, _onnx_logits(artifact, ids),
+                        _onnx_token_mismatches(artifact, texts, tok))]
+    rows = [_parity(str(artifact), "llama.cpp", dtype, ref, _llama_logits(artifact, ids),
+                    _gguf_token_mismatches(artifact, texts, tok))]
+    cfg = model.config
+    # transformers' GGUF reader builds a Llama without attention/MLP biases: no second reading then
+    if not (cfg.model_type == "llama" and (getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False))):
+        rows.append(_parity(str(artifact), "transformers(gguf)", dtype, ref,
+                            _transformers_gguf_logits(artifact, ids), -1))
+    return rows
+
+
+def _parity(artifact: str, reader: str, dtype: str, ref: list[np.ndarray], got: list[np.ndarray],
+            mismatches: int) -> Parity:
+    diff, agree, n = 0.0, 0, 0
+    for r, g in zip(ref, got):
+        diff = max(diff, float(np.abs(r - g).max()))
+        agree += int((r.argmax(-1) == g.argmax(-1)).sum())
+        n += len(r)
+    return Parity(artifact, reader, dtype, len(ref), n, mismatches, diff, agree / n)
+
+
+def _llama_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
+    """Teacher-forced logits from llama.cpp, F32 KV cache: the weights' effect alone."""
+    from bftcore.backends import open_llama
+
+    llm = open_llama(path, n_ctx=max(len(x) for x in ids) + 8, kv_f32=True, logits_all=True)
+    out = []
+    for x in ids:
+        llm.reset()
+        llm.eval(x)
+        out.append(np.array(llm.scores[: len(x)], dtype=np.float32))
+    return out
+
+
+def _gguf_token_mismatches(path: Path, texts: Sequence[str], tok: Any) -> int:
+    from bftcore.backends import GGUFTokenizer, open_llama
+
+    gt = GGUFTokenizer(open_llama(path, n_ctx=64))
+    return sum(gt.encode(t) != list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+def _transformers_gguf_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
+    """An independent reader: transformers dequantizes the file and undoes the Q/K permutation."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with contextlib.redirect_stderr(io.StringIO()):  # its de-quantizing bar ignores the switch above
+        m = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [m(input_ids=torch.tensor([x])).logits[0].float().numpy() for x in ids]
+
+
+def _onnx_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
+    from bftcore.backends import OnnxGenerator
+
+    gen = OnnxGenerator(path)
+    out = []
+    for x in ids:
+        a = np.array([x], dtype=np.int64)
+        logits, _ = gen.session.run(None, {"input_ids": a, "attention_mask": np.ones_like(a),
+                                           "position_ids": np.arange(len(x))[None], "past": gen._empty_past(1)})
+        out.append(logits[0])
+    return out
+
+
+def _onnx_token_mismatches(path: Path, texts: Sequence[str], tok: Any) -> int:
+    mine = load_tokenizer(path)
+    return sum(list(mine(t, add_special_tokens=False)["input_ids"]) != list(tok(t, add_special_tokens=False)["input_ids"])
+               for t in texts)
+
+
+def min_agreement(dtype: str) -> float:
+    """The argmax agreement `--verify` asks of a dtype: 99%, and 95% for 4-bit K-quants."""
+    return 0.95 if dtype.startswith("q4") else 0.99
+
+
+def check_source(model_dir: str | Path, to: str) -> None:
+    """BadInput now, before any work, when `model_dir` cannot be exported to `to`."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise BadInput(f"{model_dir}: no such model directory")
+    cfg = _config(model_dir) if (model_dir / "config.json").is_file() else _adapter_config(model_dir)
+    if to == "gguf":
+        tokenizer_vocab(model_dir, int(cfg["vocab_size"]))
+
+
+def export(model_dir: str | Path, to: str, out: str | Path, dtype: str = "f16",
+           progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """`bftcore export`: GGUF in one dtype, or an ONNX directory (F32)."""
+    if to == "gguf":
+        return export_gguf(model_dir, out, dtype, progress)
+    if to == "onnx":
+        if dtype not in ("f32", ""):
+            raise BadInput(f"ONNX export writes F32 weights; --dtype {dtype} applies to GGUF only")
+        return export_onnx(model_dir, out, progress)
+    raise BadInput(f"unknown export target {to!r} (known: {', '.join(TARGETS)})")
+
+
+def source_digest(model_dir: str | Path) -> str:
+    """A short hash of a model directory's weights and tokenizer (names exports in caches)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.is_file() and (f.suffix in (".safetensors", ".json", ".jinja")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
