@@ -9,7 +9,7 @@ import pytest
 from bftcore import __version__
 from conftest import run_cli
 
-COMMANDS = [[], ["toy"], ["toy", "build"], ["toy", "check"], ["demo"], ["complete"], ["attack"], ["index"]]
+COMMANDS = [[], ["toy"], ["toy", "build"], ["toy", "check"], ["demo"], ["complete"], ["attack"], ["index"], ["export"]]
 
 
 @pytest.mark.parametrize(

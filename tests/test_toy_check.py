@@ -34,9 +34,13 @@ def test_demo_prints_the_table(toy) -> None:  # type: ignore[no-untyped-def]
     assert r.returncode == 0, r.stdout + r.stderr
     assert "aligned" in r.stdout and "prefill" in r.stdout and re.search(r"\b\d+/180\b", r.stdout)
     assert "per position bucket" in r.stdout and "mean R_t" in r.stdout
-    assert "FAILS" not in r.stdout and r.stdout.count("holds") == 20
+    assert "FAILS" not in r.stdout and r.stdout.count("holds") == 27
     # the completion table: our method and every baseline beside the aligned model
     for name in ("completed", "sft", "qi-augment", "qi-constrained", "derta", "contrastive"):
+        assert name in r.stdout
+    # the deployed table and the parity figures (qwen2: the GGUF pre-tokenizer is qwen2's)
+    for name in ("completed gguf-f16", "completed gguf-q8_0", "completed gguf-q4_k_m", "completed onnx",
+                 "aligned gguf-q8_0", "export parity with PyTorch", "transformers(gguf)", "onnxruntime"):
         assert name in r.stdout
 
 
@@ -44,7 +48,7 @@ def test_demo_json_carries_rows_checks_and_the_index(toy) -> None:  # type: igno
     r = run_cli("demo", "--json")
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
-    assert obj["ok"] and len(obj["checks"]) == 20 and all(c["holds"] for c in obj["checks"])
+    assert obj["ok"] and len(obj["checks"]) == 27 and all(c["holds"] for c in obj["checks"])
     names = [c["name"] for c in obj["checks"]]
     for k in (5, 10, 20, 40):  # TOYWORLD.md's completed-model rows, each checked
         for attack in ("prefill", "rank-prefill", "prefill:unseen"):
@@ -65,6 +69,20 @@ def test_demo_json_carries_rows_checks_and_the_index(toy) -> None:  # type: igno
                 ("aligned", "prefill:unseen", k)} <= attacks
     assert {("aligned", "prefill-sampled", 10), ("aligned", "completion", None),
             ("aligned", "decoding-exploit", None), ("base", "direct", None)} <= attacks
+    # TOYWORLD.md's export row, checked for F16, Q8_0 and ONNX; Q4_K_M measured beside them
+    for label in ("gguf-f16", "gguf-q8_0", "onnx"):
+        assert f"completed {label}: every ASR row within 2 points of PyTorch" in names
+        assert f"completed {label}: argmax agreement with PyTorch >= 99% on held-out texts" in names
+    for label in ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "onnx"):
+        model = f"completed {label}"
+        assert {(model, "prefill", k, "asr") for k in (5, 10, 20, 40)} <= set(rows)
+        assert rows[(model, "prefill-sampled", 10, "asr")]["n"] == 1440
+    parity = {(p["artifact"], p["reader"]): p for p in obj["parity"]}
+    assert set(parity) == {("gguf-f16", "llama.cpp"), ("gguf-f16", "transformers(gguf)"),
+                           ("gguf-q8_0", "llama.cpp"), ("gguf-q8_0", "transformers(gguf)"),
+                           ("gguf-q4_k_m", "llama.cpp"), ("gguf-q4_k_m", "transformers(gguf)"),
+                           ("onnx", "onnxruntime")}
+    assert all(p["texts"] == 360 for p in obj["parity"])
     assert obj["measures"][0]["metric"] == "perplexity"
     assert obj["index"]["header"]["labels"] == ["benign", "harmful"]
     assert all(list(b)[:4] == ["label", "bucket", "lo", "hi"] for b in obj["index"]["buckets"])

@@ -300,11 +300,12 @@ def plot_asr_vs_k(rows: Sequence[RateRow], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     series: dict[tuple[str, str], list[RateRow]] = {}
     for r in rows:
         if r.k is not None and r.metric == "asr":
             series.setdefault((r.model, r.attack), []).append(r)
+    # the legend goes below the axes and the figure grows with it: many series stay readable
+    fig, ax = plt.subplots(figsize=(7.2, 4.2 + 0.11 * len(series)), constrained_layout=True)
     for (model, attack), rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r.k or 0)
         ks = [r.k for r in rs]
@@ -316,7 +317,7 @@ def plot_asr_vs_k(rows: Sequence[RateRow], path: Path) -> None:
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     if series:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

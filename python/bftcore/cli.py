@@ -87,6 +87,19 @@ def _comparison_table(rows: list[Any], models: list[str], title: str) -> Table:
     return table
 
 
+def _parity_table(parity: list[Any]) -> Table:
+    """Exported artifacts against PyTorch on the same token ids: one row per artifact and reader."""
+    n = f" ({parity[0].texts} texts, {parity[0].positions} positions)" if parity else ""
+    table = Table(title=f"export parity with PyTorch{n}; llama.cpp with an F32 KV cache", title_justify="left")
+    for col in ("artifact", "reader", "token ids", "max |Δ logit|", "argmax agreement"):
+        table.add_column(col, justify="right" if col.startswith(("max", "argmax")) else "left")
+    for p in parity:
+        ids = "not checked" if p.token_mismatches < 0 else \
+            ("identical" if p.token_mismatches == 0 else f"{p.token_mismatches} texts differ")
+        table.add_row(p.artifact, p.reader, ids, f"{p.max_abs_logit:.2e}", f"{100 * p.argmax_agreement:.2f}%")
+    return table
+
+
 def _short_interval(r: Any) -> str:
     low, high = r.ci
     return f"{100 * r.rate:.1f} [{100 * low:.1f},{100 * high:.1f}]"
@@ -270,14 +283,17 @@ def demo(arch: str, seed: int, device: str, fresh: bool, as_json: bool) -> None:
                                  if k != "top_tokens"}},
                     "run_dir": str(result.run_dir),
                     "models": {k: str(v) for k, v in result.models.items()},
+                    "parity": [p.to_dict() for p in result.parity],
                     "seconds": round(time.perf_counter() - t0, 2)})
     else:
         console.print(_world_line(result.world))
         shallow = [r for r in result.rows if r.model in ("base", "aligned")]
         console.print(_rows_table(shallow, "bftcore demo: attacks on held-out tasks "
                                            "(exact judge; sampled: T=0.9, top-p 0.6, 8 samples)"))
-        repaired = ["aligned", *dict.fromkeys(r.model for r in result.rows
-                                              if r.model not in ("base", "aligned"))]
+        deployed = [m for m in dict.fromkeys(r.model for r in result.rows)
+                    if m.startswith(f"{demo_run.COMPLETED} ")]
+        repaired = ["aligned", *dict.fromkeys(r.model for r in result.rows if r.model not in (
+            "base", "aligned", *deployed) and not r.model.startswith("aligned "))]
         if len(repaired) > 1:
             console.print(_comparison_table(
                 result.rows, repaired,
@@ -285,6 +301,17 @@ def demo(arch: str, seed: int, device: str, fresh: bool, as_json: bool) -> None:
                 f"{demo_run.DEMO_COMPLETE.batch_size}, same data for every method) against the "
                 "baselines; x/n and rate % [95% Wilson]; rows of trained models are measured once per "
                 "model and code version, --fresh re-measures"))
+        if deployed:
+            console.print(_comparison_table(
+                result.rows, [demo_run.COMPLETED, *deployed],
+                "the completed model deployed: PyTorch beside its GGUF exports in llama.cpp (F16 KV "
+                "cache) and its ONNX export in onnxruntime, same attacks; x/n and rate % [95% Wilson]"))
+            aligned_deployed = [m for m in dict.fromkeys(r.model for r in result.rows) if m.startswith("aligned ")]
+            console.print(_comparison_table(
+                result.rows, aligned_deployed,
+                "the same comparison on the aligned model, which the attacks break (same rows, "
+                "64 new tokens; the toy check above decodes longer answers)"))
+            console.print(_parity_table(result.parity))
         for m in result.measures:
             console.print(f"  {m['model']}: perplexity on benign held-out responses {m['value']:.3f} "
                           f"({m['tokens']} tokens)")
