@@ -333,3 +333,30 @@ def test_export_cli_verify_and_bad_input(toy, tmp_path: Path) -> None:  # type: 
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("bftcore: error:") and "Traceback" not in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+def test_lora_adapter_exports_as_its_merged_model(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A LoRA adapter directory (what `bftcore complete --lora` writes) exports merged."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    src = toy.model_dir("llama", "aligned")
+    peft_model = get_peft_model(load_model(src), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a non-trivial adapter: B starts at zero
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(src)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    for f in src.glob("tokenizer*"):
+        shutil.copyfile(f, adapter / f.name)
+    out = ex.export_gguf(adapter, tmp_path / "adapter.gguf", "f32")
+    texts = heldout_texts(toy, "llama", 8)
+    rows = {r.reader: r for r in ex.verify(adapter, out, texts, "f32")}
+    assert rows["llama.cpp"].max_abs_logit < 1e-3 and rows["transformers(gguf)"].max_abs_logit < 1e-4
+    plain = {r.reader: r for r in ex.verify(src, out, texts, "f32")}  # the adapter changed the model
+    assert plain["transformers(gguf)"].max_abs_logit > 1e-2

@@ -116,8 +116,24 @@ class quiet_stderr:
         os.close(self._null)
 
 
+MAX_CONTEXT = 8192  # the default context: a 128k-context model's full KV cache would not fit
+
+
+def gguf_context_length(path: str | Path) -> int:
+    """The context length a GGUF file was trained with (0 when it does not say)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    arch_field = reader.get_field("general.architecture")
+    if arch_field is None:
+        return 0
+    field = reader.get_field(f"{arch_field.contents()}.context_length")
+    return int(field.contents()) if field is not None else 0
+
+
 def open_llama(path: str | Path, *, n_ctx: int = 0, kv_f32: bool = False, logits_all: bool = False) -> Any:
-    """A llama.cpp model of a GGUF file (quietly), or BadInput when it is not one."""
+    """A llama.cpp model of a GGUF file (quietly), or BadInput when it is not one. n_ctx 0 means
+    the file's context length, capped at MAX_CONTEXT."""
     import llama_cpp
 
     path = Path(path)
@@ -128,10 +144,12 @@ def open_llama(path: str | Path, *, n_ctx: int = 0, kv_f32: bool = False, logits
             raise BadInput(f"{path}: not a GGUF file")
     kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if kv_f32 else {}
     try:
+        if not n_ctx:
+            n_ctx = min(gguf_context_length(path) or MAX_CONTEXT, MAX_CONTEXT)
         with quiet_stderr():
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=logits_all,
                                    verbose=False, n_threads=os.cpu_count() or 1, **kv)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, KeyError) as e:
         raise BadInput(f"{path}: llama.cpp could not load it ({e})") from e
 
 
@@ -433,7 +451,8 @@ def llama_server(gguf: str | Path, *, port: int = 0, ready_timeout: float = 120.
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "0", "--logits_all", str(logits_all).lower(), "--verbose", "false"]
+           "--port", str(port), "--n_ctx", str(min(gguf_context_length(gguf) or MAX_CONTEXT, MAX_CONTEXT)),
+           "--logits_all", str(logits_all).lower(), "--verbose", "false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
