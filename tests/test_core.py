@@ -92,3 +92,48 @@ def test_gil_is_released_while_counting() -> None:
     assert end - start > 0.02, "the call was too short to tell; make the input larger"
     inside = sum(start < t < end for t in ticks)
     assert inside > 100
+
+
+FORK_AFTER_CORE = """
+import os, sys, numpy as np
+from bftcore import _core
+toks = (np.arange(3_000_000) % 997).astype(np.uint32)
+pos = (np.arange(3_000_000) % 300 + 1).astype(np.uint32)
+before = np.asarray(_core.token_bucket_counts(toks, pos, 1000))  # starts the core's thread pool
+pid = os.fork()
+if pid == 0:  # the child uses the core again: a pool inherited from the parent would hang here
+    after = np.asarray(_core.token_bucket_counts(toks, pos, 1000))
+    os._exit(0 if np.array_equal(after, before) else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_fork_after_the_core_ran_does_not_deadlock() -> None:
+    """rayon's global pool does not survive fork(); the bindings keep a pool per process (as
+    tokenizers guards its own), so a forked child (multiprocessing's default start method on
+    Linux, DataLoader workers) can call the core again."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", FORK_AFTER_CORE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_multiprocessing_fork_pool_uses_the_core() -> None:
+    import multiprocessing as mp
+    import subprocess
+
+    script = """
+import multiprocessing as mp, numpy as np
+from bftcore import _core
+def work(i):
+    t = (np.arange(200_000) % 97).astype(np.uint32); p = (np.arange(200_000) % 50 + 1).astype(np.uint32)
+    return int(np.asarray(_core.token_bucket_counts(t, p, 100)).sum())
+if __name__ == "__main__":
+    work(0)
+    with mp.get_context("fork").Pool(2) as pool:
+        assert pool.map(work, range(4)) == [200_000] * 4
+"""
+    assert "fork" in mp.get_all_start_methods()
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -22,7 +22,7 @@ import numpy as np
 from bftcore import _core
 from bftcore.buckets import bucket_labels
 from bftcore.errors import BadInput
-from bftcore.shards import shard_meta
+from bftcore.shards import open_shard, shard_meta
 
 READ_BATCH = 1 << 16  # rows per record batch: bounds memory, whatever the corpus size
 INDEX_COLUMNS = ["token", "pos", "lp_base", "lp_aligned", "kl", "bf_mass", "retain", "label",
@@ -70,7 +70,12 @@ def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = No
             "created_by": f"bftcore {_core.__version__}"}
     builder = _core.IndexBuilder(vocab, k, float(first["tau"]), first["tokenizer_hash"],
                                  json.dumps(meta), None if edges is None else list(edges))
-    total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    total = 0
+    for p in shards:
+        try:
+            total += pq.ParquetFile(p).metadata.num_rows
+        except (OSError, ValueError) as e:
+            raise BadInput(f"{p}: unreadable ({e})") from e
     for path, args in _prefetch(_batches(shards, k)):
         try:
             builder.add_batch(*args)
@@ -85,12 +90,12 @@ def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = No
 def _batches(shards: Sequence[Path], k: int) -> Iterator[tuple[Path, tuple[Any, ...]]]:
     """The arguments of `IndexBuilder.add_batch` for every record batch of every shard."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     for path in shards:
         try:
-            # no pre-buffering: it reads whole files ahead, 3x slower here and memory-hungry
-            pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+            # no pre-buffering (it reads whole files ahead, 3x slower here and memory-hungry);
+            # page checksums verified
+            pf = open_shard(path)
             for rb in pf.iter_batches(batch_size=READ_BATCH, columns=INDEX_COLUMNS):
                 labels = pc.dictionary_encode(rb.column("label"))
                 if labels.null_count:

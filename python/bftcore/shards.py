@@ -3,12 +3,15 @@
 One row per response token: doc_id u64, pos u32 (1-based), token u32, lp_base, lp_aligned, kl,
 bf_mass, retain f32, label str, and the base top-k as list columns topk_token u32[k],
 topk_lp_base f32[k], topk_lp_aligned f32[k]. The file metadata key `bftcore` holds a JSON object
-with the format, both models, the tokenizer hash, k, tau and the vocabulary size.
+with the format, both models, the tokenizer hash, k, tau and the vocabulary size, and `digest`, a
+hash of the rest of that object (a flipped bit in the footer's metadata is caught). Data pages
+carry CRC32 checksums, verified on every read (a flipped bit in the data is caught).
 Kept apart from `score` so that reading shards never imports torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -45,10 +48,28 @@ def shard_meta(path: Path) -> dict[str, Any]:
         raise BadInput(f"{path}: unreadable bftcore metadata ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
         raise BadInput(f"{path}: not a bftcore scored shard")
-    if int(meta.get("version", 0)) > SHARD_VERSION:
+    try:
+        version = int(meta.get("version", 0))
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"{path}: unreadable shard version {meta.get('version')!r}") from e
+    if version > SHARD_VERSION:
         raise BadInput(f"{path}: shard format version {meta['version']} is newer than this "
                        f"bftcore reads ({SHARD_VERSION}); upgrade bftcore")
+    if "digest" in meta and meta["digest"] != _digest(meta):
+        raise BadInput(f"{path}: the bftcore metadata does not match its digest (damaged file)")
     return meta
+
+
+def _digest(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_shard(path: Path) -> Any:
+    """A Parquet reader of a shard that verifies every data page's checksum as it reads."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True)
 
 
 def is_shard(path: Path) -> bool:
@@ -69,10 +90,11 @@ def write_shard(table: Any, path: Path, meta: dict[str, Any]) -> None:
     """Write a shard atomically: a temporary file beside it, synced, then renamed."""
     import pyarrow.parquet as pq
 
+    meta = {**meta, "digest": _digest(meta)}
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # lz4 decodes ~30% faster than zstd when indexing, for ~10% more bytes
-    pq.write_table(table, tmp, compression="lz4", row_group_size=ROW_GROUP)
+    pq.write_table(table, tmp, compression="lz4", row_group_size=ROW_GROUP, write_page_checksum=True)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -105,6 +105,18 @@ impl MappedIndex {
         Self::from_map(map, path)
     }
 
+    /// An index from bytes in memory (tests, fuzzing), copied into an anonymous page-aligned map
+    /// so the arrays are read in place exactly as from a file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.is_empty() {
+            return Err(Error::NotAnIndex("(bytes)".into()));
+        }
+        let mut anon = memmap2::MmapMut::map_anon(bytes.len()).map_err(|e| Error::Io(e.to_string()))?;
+        anon.copy_from_slice(bytes);
+        let map = anon.make_read_only().map_err(|e| Error::Io(e.to_string()))?;
+        Self::from_map(map, Path::new("(bytes)"))
+    }
+
     fn from_map(map: Mmap, path: &Path) -> Result<Self, Error> {
         let bytes = &map[..];
         if bytes.len() < 8 || bytes[..8] != MAGIC {
@@ -138,9 +150,14 @@ impl MappedIndex {
         if header.format != FORMAT || header.version != version {
             return Err(Error::Corrupt("header does not match the file's format or version".into()));
         }
-        let per = label_bytes(header.bucket_edges.len(), header.vocab_size);
-        let want = per
-            .checked_mul(header.labels.len())
+        // checked: a damaged header can name sizes whose product overflows
+        let (b, v) = (header.bucket_edges.len(), header.vocab_size);
+        let want = b
+            .checked_mul(v)
+            .and_then(|bv| bv.checked_mul(4))
+            .and_then(|x| x.checked_add((2 + BUCKET_SUMS.len()) * b))
+            .and_then(|x| x.checked_mul(8))
+            .and_then(|per| per.checked_mul(header.labels.len()))
             .and_then(|x| x.checked_add(arrays_at))
             .ok_or_else(|| Error::Corrupt("header sizes overflow".into()))?;
         if want != bytes.len() {
@@ -300,5 +317,120 @@ mod tests {
         fs::create_dir(&blocker).unwrap();
         assert!(write(&sample(), &path).is_err());
         assert_eq!(fs::read(&path).unwrap(), before);
+    }
+
+    /// Every accessor on an index that opened: none may panic, whatever the bytes said.
+    fn exercise(m: &MappedIndex) {
+        let d = m.to_data();
+        for l in 0..d.header.labels.len() {
+            for b in 0..d.header.bucket_edges.len() {
+                let _ = m.top_tokens(l, b, 5);
+            }
+        }
+    }
+
+    /// Rewrite the checksum so a mutation reaches the parser behind it.
+    fn reseal(bytes: &mut [u8]) {
+        if bytes.len() >= PREFIX {
+            let sum = xxhash_rust::xxh3::xxh3_64(&bytes[PREFIX..]);
+            bytes[24..32].copy_from_slice(&sum.to_le_bytes());
+        }
+    }
+
+    /// Cases per fuzz property: BFTCORE_FUZZ_CASES (make test sets it; default small for `cargo test`).
+    fn fuzz_cases() -> u32 {
+        std::env::var("BFTCORE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000)
+    }
+
+    fn fuzz_config() -> proptest::test_runner::Config {
+        proptest::test_runner::Config { cases: fuzz_cases(), failure_persistence: None, ..Default::default() }
+    }
+
+    static FUZZED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn open_any(bytes: &[u8]) {
+        FUZZED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(m) = MappedIndex::from_bytes(bytes) {
+            exercise(&m);
+        }
+    }
+
+    fn valid_bytes() -> Vec<u8> {
+        static GOOD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        GOOD.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x.bfti");
+            write(&sample(), &path).unwrap();
+            fs::read(&path).unwrap()
+        })
+        .clone()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(fuzz_config())]
+
+        /// Arbitrary bytes, with and without the magic in front.
+        #[test]
+        fn fuzz_arbitrary_bytes(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+                                magic in proptest::bool::ANY) {
+            if magic && bytes.len() >= 8 {
+                bytes[..8].copy_from_slice(&MAGIC);
+                reseal(&mut bytes);
+            }
+            open_any(&bytes);
+        }
+
+        /// A valid index with bytes flipped, cut or extended, resealed or not.
+        #[test]
+        fn fuzz_mutated_index(flips in proptest::collection::vec((proptest::num::usize::ANY, 1u8..=255), 0..8),
+                              cut in proptest::option::of(proptest::num::usize::ANY),
+                              extra in proptest::collection::vec(proptest::num::u8::ANY, 0..16),
+                              seal in proptest::bool::ANY) {
+            let mut bytes = valid_bytes();
+            for (at, x) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= x;
+            }
+            if let Some(c) = cut {
+                let n = bytes.len();
+                bytes.truncate(c % (n + 1));
+            }
+            bytes.extend_from_slice(&extra);
+            if seal {
+                reseal(&mut bytes);
+            }
+            open_any(&bytes);
+        }
+
+        /// A valid index whose JSON header says something else (sizes, edges, labels), resealed:
+        /// the parser must check every size against the file and never index past it.
+        #[test]
+        fn fuzz_header_fields(vocab in proptest::num::usize::ANY, edges in proptest::collection::vec(proptest::num::u32::ANY, 0..12),
+                              labels in 0usize..5, which in 0u8..4) {
+            let good = valid_bytes();
+            let hl = u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
+            let mut header: serde_json::Value = serde_json::from_slice(good[PREFIX..PREFIX + hl].trim_ascii_end()).unwrap();
+            match which {
+                0 => header["vocab_size"] = serde_json::json!(vocab % 4096),
+                1 => header["vocab_size"] = serde_json::json!(vocab),
+                2 => header["bucket_edges"] = serde_json::json!(edges),
+                _ => header["labels"] = serde_json::json!((0..labels).map(|i| format!("l{i}")).collect::<Vec<_>>()),
+            }
+            let text = serde_json::to_vec(&header).unwrap();
+            let padded = text.len().div_ceil(8) * 8;
+            let mut bytes = good[..PREFIX].to_vec();
+            bytes[16..24].copy_from_slice(&(padded as u64).to_le_bytes());
+            bytes.extend_from_slice(&text);
+            bytes.resize(PREFIX + padded, b' ');
+            bytes.extend_from_slice(&good[PREFIX + hl..]);
+            reseal(&mut bytes);
+            open_any(&bytes);
+        }
+    }
+
+    #[test]
+    fn fuzz_report() {
+        // the count of inputs fuzzed in this process (the properties above run beside this one)
+        eprintln!("bfti fuzz: {} cases per property", fuzz_cases());
     }
 }

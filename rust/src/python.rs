@@ -2,7 +2,7 @@
 //! releases the GIL for the work, and maps core errors to ValueError.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
@@ -19,6 +19,39 @@ pyo3::create_exception!(
     PyValueError,
     "Bad input to the Rust core: a bad batch, or an unreadable, damaged or incompatible index."
 );
+
+/// The rayon pool the bindings run parallel work in, one per process. Rayon's global pool does
+/// not survive `fork()`: its threads are gone in the child, and the first parallel call there
+/// waits for them forever. So the bindings keep their own pool, keyed by the pid that built it; a
+/// forked child builds a fresh one (the parent's is leaked in the child, never joined: its
+/// threads do not exist there). RAYON_NUM_THREADS sizes it, as it would the global pool.
+static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+
+fn pool() -> Arc<rayon::ThreadPool> {
+    let pid = std::process::id();
+    let mut held = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((owner, pool)) = held.as_ref() {
+        if *owner == pid {
+            return Arc::clone(pool);
+        }
+    }
+    if let Some((_, stale)) = held.take() {
+        std::mem::forget(stale); // the parent's pool: dropping it would wait on threads that do not exist here
+    }
+    let fresh = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("bftcore-{i}"))
+            .build()
+            .expect("cannot start the rayon thread pool"),
+    );
+    *held = Some((pid, Arc::clone(&fresh)));
+    fresh
+}
+
+/// Release the GIL and run `f` in this process's pool.
+fn parallel<T: Send, F: FnOnce() -> T + Send>(py: Python<'_>, f: F) -> T {
+    py.detach(|| pool().install(f))
+}
 
 fn value_error(e: Error) -> PyErr {
     CoreError::new_err(e.to_string())
@@ -50,7 +83,7 @@ fn bucket_index<'py>(
 ) -> PyResult<Bound<'py, PyArray1<u32>>> {
     let b = buckets_from(edges)?;
     let pos = positions.as_slice()?;
-    let out = py.detach(|| {
+    let out = parallel(py, || {
         pos.iter()
             .enumerate()
             .map(|(row, &p)| {
@@ -76,9 +109,7 @@ fn token_bucket_counts<'py>(
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
     let b = buckets_from(edges)?;
     let (toks, pos) = (tokens.as_slice()?, positions.as_slice()?);
-    let counts = py
-        .detach(|| TokenBucketCounts::from_rows(toks, pos, vocab_size, &b))
-        .map_err(value_error)?;
+    let counts = parallel(py, || TokenBucketCounts::from_rows(toks, pos, vocab_size, &b)).map_err(value_error)?;
     let shape = (counts.buckets().len(), counts.vocab());
     let table = Array2::from_shape_vec(shape, counts.into_vec())
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -144,7 +175,7 @@ impl PyIndexBuilder {
             topk_lp_base: topk_lp_base.as_slice()?,
             topk_lp_aligned: topk_lp_aligned.as_slice()?,
         };
-        py.detach(|| {
+        parallel(py, || {
             let mut guard = self.inner.lock().map_err(|_| Error::BadBatch("poisoned".into()))?;
             let builder = guard.as_mut().ok_or_else(|| Error::BadBatch("already written".into()))?;
             builder.add_batch(&batch)
@@ -160,7 +191,7 @@ impl PyIndexBuilder {
 
     /// Merge the partial states and write the index atomically; the builder is spent after.
     fn write(&self, py: Python<'_>, path: PathBuf) -> PyResult<String> {
-        py.detach(|| {
+        parallel(py, || {
             let builder = self
                 .inner
                 .lock()
@@ -196,7 +227,7 @@ impl PyIndex {
 impl PyIndex {
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = py.detach(|| MappedIndex::open(&path)).map_err(value_error)?;
+        let inner = parallel(py, || MappedIndex::open(&path)).map_err(value_error)?;
         Ok(PyIndex { inner })
     }
 
@@ -249,7 +280,7 @@ impl PyIndex {
         if bucket >= self.inner.header.bucket_edges.len() {
             return Err(CoreError::new_err(format!("no bucket {bucket}")));
         }
-        let ids = py.detach(|| self.inner.top_tokens(li, bucket, n));
+        let ids = parallel(py, || self.inner.top_tokens(li, bucket, n));
         let l = self.inner.label(li);
         let cell = |t: &u32| bucket * self.inner.header.vocab_size + *t as usize;
         let d = PyDict::new(py);
@@ -291,7 +322,7 @@ impl PyIndex {
 /// Merge `.bfti` files into one (exactly the index of the union of their rows); returns its header.
 #[pyfunction]
 fn merge_indexes(py: Python<'_>, paths: Vec<PathBuf>, out: PathBuf) -> PyResult<String> {
-    py.detach(|| {
+    parallel(py, || {
         let merged = bfti::merge_files(&paths, &out)?;
         serde_json::to_string(&merged.header).map_err(|e| Error::Corrupt(e.to_string()))
     })
