@@ -14,6 +14,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# every subprocess (the CLI, the demo, the llama.cpp server) loads tests/offline/sitecustomize.py,
+# which refuses outbound sockets as the fixture below does in this process
+OFFLINE = Path(__file__).resolve().parent / "offline"
+os.environ["PYTHONPATH"] = os.pathsep.join([str(OFFLINE), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 _real_connect = socket.socket.connect
 

@@ -234,6 +234,7 @@ class OnnxGenerator:
             self.meta = json.loads((self.path / "export.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError) as e:
             raise BadInput(f"{self.path}: no readable export.json beside model.onnx") from e
+        _check_external_data(graph)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(graph), opts, providers=[provider])
@@ -305,6 +306,27 @@ class OnnxGenerator:
             if on_batch is not None:
                 on_batch(len(chunk))
         return out
+
+
+def _check_external_data(graph: Path) -> None:
+    """Refuse a graph whose weights live outside its own directory: an untrusted model.onnx must
+    not make onnxruntime read arbitrary files (an absolute path, or one climbing out with ..)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception as e:
+        raise BadInput(f"{graph}: not a readable ONNX graph ({type(e).__name__})") from e
+    root = graph.parent.resolve()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or root not in target.parents:
+            raise BadInput(f"{graph}: tensor {tensor.name!r} keeps its data outside the graph's "
+                           f"directory ({location!r}); refused")
 
 
 # ---- a llama.cpp server over HTTP -------------------------------------------------------------

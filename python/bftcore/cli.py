@@ -118,7 +118,10 @@ def _emit_json(obj: dict[str, Any]) -> None:
 # ---- the command tree ---------------------------------------------------------------------
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", "-V", prog_name="bftcore")
-def cli() -> None:
+@click.option("--allow-pickle", is_flag=True,
+              help="Load models whose weights are pickle files (.bin/.pt): converted once to safetensors "
+                   "with torch's weights-only unpickler. Off by default: a pickle can run code.")
+def cli(allow_pickle: bool) -> None:
     """Find where an aligned LLM's safety is only shallow, repair it, ship it, re-attack it.
 
     \b
@@ -126,6 +129,10 @@ def cli() -> None:
       bftcore demo                  # the whole pipeline on the embedded toy world (CPU)
     """
     _quiet_libraries()
+    if allow_pickle:
+        from bftcore import models
+
+        models.ALLOW_PICKLE = True
 
 
 @cli.group()
@@ -366,6 +373,9 @@ def _read_and_score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path
                                                       default_label, skip_bad))
     topk, tau, batch_tokens, shard_size, max_length, no_generate, max_new_tokens = scoring
     cfg = ScoreConfig(topk, tau, batch_tokens, shard_size, max_length, not no_generate, max_new_tokens)
+    from bftcore.models import resolve_model
+
+    base, aligned = str(resolve_model(base)), str(resolve_model(aligned))
     with progress_bars(rank == 0) as bar:
         summary = score_corpus(records, base, aligned, out, cfg, device=str(resolve_device(device)),
                                progress=bar, rank=rank, world_size=world)
@@ -660,6 +670,9 @@ def export_cmd(model: Path, target: str, dtype: str | None, out: Path, verify: b
         raise BadInput(f"--out {out} is a directory")
     if target == "onnx" and out.is_file():
         raise BadInput(f"--out {out} is a file; ONNX export writes a directory")
+    from bftcore.models import resolve_model
+
+    model = resolve_model(model)
     ex.check_source(model, target)
     start = time.perf_counter()
     with progress_bars() as bar:
@@ -790,6 +803,10 @@ def attack(model: str, attacks: str, ks: str, data: tuple[Path, ...], judge_spec
                        template=judge_template.read_text() if judge_template else None)
     kind = detect_backend(model) if backend == "auto" else backend
     if kind == "torch" and not str(model).startswith(("http://", "https://")):
+        from bftcore.models import resolve_model
+
+        model = str(resolve_model(model))
+        contrast_base = resolve_model(contrast_base) if contrast_base is not None else None
         target = load_model(model, device=dev)
         tokenizer = load_tokenizer(model)
         contrast = None
@@ -902,8 +919,10 @@ def complete(aligned: Path, base: Path | None, index_path: Path | None, base_sha
     from bftcore.corpus import ReadOptions, read_corpus
     from bftcore.generate import TorchGenerator
     from bftcore.judge import KeywordJudge
-    from bftcore.models import load_model, load_tokenizer, resolve_device
+    from bftcore.models import load_model, load_tokenizer, resolve_device, resolve_model
 
+    aligned = resolve_model(aligned)
+    base = resolve_model(base) if base is not None else None
     rank, world = _distributed()
     dev = str(resolve_device(device))
     if dev.startswith("cuda") and world > 1:
@@ -987,6 +1006,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BadInput as e:
         err.print(f"bftcore: error: {' '.join(str(e).split())}", markup=False, highlight=False)
+        sys.exit(2)
+    except MemoryError as e:  # pyarrow's ArrowMemoryError too: a limit, reported, never a traceback
+        detail = " ".join(str(e).split())[:200]
+        err.print(f"bftcore: error: out of memory{f' ({detail})' if detail else ''}; lower --batch-tokens "
+                  "or the number of threads (RAYON_NUM_THREADS), or give the job more memory",
+                  markup=False, highlight=False)
         sys.exit(2)
     except CheckFailed:
         sys.exit(1)

@@ -92,14 +92,24 @@ def read_corpus(paths: Iterable[str | Path], options: ReadOptions = ReadOptions(
     report = ReadReport()
     records: list[Record] = []
     seen: set[tuple[str, str | None, str, tuple[tuple[str, str], ...]]] = set()
+    ids: dict[str, str] = {}  # record id -> where it was first seen
     for path in _expand(paths):
         report.files.append(str(path))
         for rec in _read_file(path, options, report):
             key = (rec.prompt, rec.response, rec.label, rec.history)
-            if key in seen:
+            if key in seen:  # the same record again: kept once, counted
                 report.duplicates += 1
                 continue
+            if rec.id in ids:  # the same id on a different record: which one is meant?
+                why = f"{rec.source}: duplicate id {rec.id[:80]!r} (first at {ids[rec.id]})"
+                if not options.skip_bad:
+                    raise BadInput(f"{why} (use --skip-bad to count and skip such records)")
+                report.bad += 1
+                if len(report.bad_examples) < 5:
+                    report.bad_examples.append(why)
+                continue
             seen.add(key)
+            ids[rec.id] = rec.source
             records.append(rec)
     report.records = len(records)
     report.without_response = sum(r.response is None for r in records)
@@ -196,6 +206,9 @@ def _json_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
             except json.JSONDecodeError as e:
                 rows.append((i, _Bad(f"malformed JSON ({e.msg} at column {e.colno})")))
     first = next((r for _, r in rows if isinstance(r, dict)), None)
+    broken = next(((i, r) for i, r in rows if isinstance(r, _Bad)), None)
+    if first is None and broken is not None and not o.skip_bad:  # no line parses: name the first
+        raise BadInput(f"{path}:{broken[0]}: {broken[1]} (use --skip-bad to count and skip such records)")
     kind = o.format or _detect_json(first, o)
     if kind is None:
         keys = sorted(first) if isinstance(first, dict) else []

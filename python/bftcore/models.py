@@ -7,8 +7,8 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ import torch
 from bftcore.errors import BadInput
 
 ARCHS = ("llama", "qwen2")
+# Set by `bftcore --allow-pickle`: pickle-only model directories are converted to safetensors once
+# (torch's weights-only unpickler), and the copy is what every stage loads.
+ALLOW_PICKLE = False
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -76,9 +79,19 @@ def _check_model_dir(path: Path) -> None:
         raise BadInput(f"{path}: no such model directory")
     if not (path / "config.json").is_file():
         raise BadInput(f"{path}: not a model directory (no config.json)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BadInput(f"{path}/config.json: unreadable ({e})") from e
+    if not isinstance(config, dict):
+        raise BadInput(f"{path}/config.json: not a JSON object")
+    if config.get("auto_map"):  # custom modeling code shipped with the weights: never run
+        raise BadInput(f"{path}: this model needs its own Python code (auto_map in config.json); "
+                       "bftcore never runs code from a model directory")
     if not any(path.glob("*.safetensors")):
         pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
-        why = f" (found pickle weights {', '.join(pickles)}; they are not loaded)" if pickles else ""
+        why = (f" (found pickle weights {', '.join(pickles)}; they are not loaded: pass --allow-pickle "
+               "to convert them once with torch's weights-only unpickler)") if pickles else ""
         raise BadInput(f"{path}: no safetensors weights{why}")
 
 
@@ -178,3 +191,37 @@ def save_model(model: Any, tokenizer_dir: Path, dest: Path, extra: dict[str, str
                 shutil.copyfile(f, tmp / f.name)
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
+
+
+def resolve_model(path: str | Path) -> Path:
+    """The directory to load for `path`: itself, or for a directory with pickle weights only and
+    --allow-pickle given, a safetensors copy made once in the cache (keyed by the files' bytes)."""
+    path = Path(path)
+    if not path.is_dir() or (path / "adapter_config.json").is_file() or any(path.glob("*.safetensors")):
+        return path
+    pickles = sorted([*path.glob("*.bin"), *path.glob("*.pt")])
+    if not pickles or not ALLOW_PICKLE or not (path / "config.json").is_file():
+        return path  # load_model says why it will not load it
+    from bftcore.toy.build import cache_root
+
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    dest = cache_root() / "converted" / f"{path.name}-{h.hexdigest()[:16]}"
+    if (dest / "config.json").is_file():
+        return dest
+    from transformers import AutoModelForCausalLM
+
+    try:  # transformers reads .bin with torch.load(weights_only=True): tensors, never objects
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=False, trust_remote_code=False,
+                                                     local_files_only=True)
+    except Exception as e:
+        raise BadInput(f"{path}: the pickle weights do not load as plain tensors "
+                       f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from e
+    save_model(model, path, dest)
+    for f in dest.iterdir():
+        if f.suffix in (".bin", ".pt"):
+            f.unlink()
+    return dest
