@@ -420,3 +420,17 @@ def test_models_with_their_own_code_are_never_run(toy, tmp_path: Path) -> None: 
     with pytest.raises(BadInput, match="never runs code from a model directory"):
         load_model(d)
     assert not marker.exists()
+
+
+def test_too_long_prompts_skip_and_count_or_refuse(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import run_cli
+
+    args = ["score", str(toy.data_dir / "harmful_heldout.jsonl"), "--base", str(toy.model_dir("llama", "base")),
+            "--aligned", str(toy.model_dir("llama", "aligned")), "--max-length", "14", "--device", "cpu", "--json"]
+    r = run_cli(*args, "--out", str(tmp_path / "skip"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)["score"]
+    assert summary["skipped_too_long"] > 0 and summary["docs"] + summary["skipped_too_long"] <= 180
+    r = run_cli(*args, "--out", str(tmp_path / "refuse"), "--too-long", "refuse")
+    assert r.returncode == 2 and "harmful_heldout.jsonl:" in r.stderr and "such records" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "refuse").exists()

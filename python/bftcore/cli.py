@@ -353,6 +353,8 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-tokens", type=click.IntRange(min=1), default=16384, show_default=True, help="Padded tokens per forward batch."),
         click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Documents per Parquet shard."),
         click.option("--max-length", type=click.IntRange(min=2), help="Prompt + response tokens (default: the model's context); longer responses are truncated and counted."),
+        click.option("--too-long", type=click.Choice(["skip", "refuse"]), default="skip", show_default=True,
+                     help="Prompts that do not fit --max-length: skip and count them, or refuse the corpus before scoring."),
         click.option("--no-generate", is_flag=True, help="Skip records without a response instead of scoring the base model's own greedy response."),
         click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Length of generated responses."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto."),
@@ -371,15 +373,34 @@ def _read_and_score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path
     fmt, prompt_column, response_column, default_label, skip_bad = read
     records, report = read_corpus(corpus, ReadOptions(fmt, prompt_column, response_column, "label",
                                                       default_label, skip_bad))
-    topk, tau, batch_tokens, shard_size, max_length, no_generate, max_new_tokens = scoring
+    topk, tau, batch_tokens, shard_size, max_length, too_long, no_generate, max_new_tokens = scoring
     cfg = ScoreConfig(topk, tau, batch_tokens, shard_size, max_length, not no_generate, max_new_tokens)
     from bftcore.models import resolve_model
 
     base, aligned = str(resolve_model(base)), str(resolve_model(aligned))
+    if too_long == "refuse":
+        _refuse_too_long(records, aligned, max_length)
     with progress_bars(rank == 0) as bar:
         summary = score_corpus(records, base, aligned, out, cfg, device=str(resolve_device(device)),
                                progress=bar, rank=rank, world_size=world)
     return report, summary
+
+
+def _refuse_too_long(records: list[Any], aligned: str, max_length: int | None) -> None:
+    """BadInput before any scoring when a prompt does not fit the context (--too-long refuse)."""
+    from transformers import AutoConfig
+
+    from bftcore.chat import prompt_ids
+    from bftcore.models import load_tokenizer
+
+    tok = load_tokenizer(aligned)
+    context = max_length or getattr(AutoConfig.from_pretrained(aligned, local_files_only=True),
+                                    "max_position_embeddings", None) or 4096
+    over = [(r, n) for r in records if (n := len(prompt_ids(tok, r.messages()))) >= context]
+    if over:
+        first, n = over[0]
+        raise BadInput(f"{first.source}: a prompt of {n} tokens leaves no room in the context of {context} "
+                       f"({len(over)} such records); --too-long skip skips and counts them")
 
 
 def _distributed() -> tuple[int, int]:
@@ -414,7 +435,7 @@ def _barrier() -> None:
 def score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path, fmt: str | None,
           prompt_column: str | None, response_column: str | None, default_label: str | None,
           skip_bad: bool, topk: int, tau: float, batch_tokens: int, shard_size: int,
-          max_length: int | None, no_generate: bool, max_new_tokens: int, device: str,
+          max_length: int | None, too_long: str, no_generate: bool, max_new_tokens: int, device: str,
           as_json: bool) -> None:
     """Score a corpus with the base and the aligned model into Parquet shards.
 
@@ -429,7 +450,7 @@ def score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path, fmt: str
     report, summary = _read_and_score(
         corpus, base, aligned, out, rank, world, (fmt, prompt_column, response_column, default_label,
                                                   skip_bad),
-        (topk, tau, batch_tokens, shard_size, max_length, no_generate, max_new_tokens), device)
+        (topk, tau, batch_tokens, shard_size, max_length, too_long, no_generate, max_new_tokens), device)
     _barrier()
     if rank != 0:
         return
@@ -477,7 +498,7 @@ def _bucket_table(index: Any, title: str) -> Table:
 def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, out: Path,
               shards_dir: Path | None, fmt: str | None, prompt_column: str | None,
               response_column: str | None, default_label: str | None, skip_bad: bool, topk: int,
-              tau: float, batch_tokens: int, shard_size: int, max_length: int | None,
+              tau: float, batch_tokens: int, shard_size: int, max_length: int | None, too_long: str,
               no_generate: bool, max_new_tokens: int, device: str, as_json: bool) -> None:
     """Build the base-favored-token index of a corpus: score it with both models, then aggregate
     in the Rust core. A directory of scored shards is aggregated directly.
@@ -507,7 +528,7 @@ def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, o
         report, summary = _read_and_score(
             corpus, base, aligned, where, rank, world, (fmt, prompt_column, response_column,
                                                         default_label, skip_bad),
-            (topk, tau, batch_tokens, shard_size, max_length, no_generate, max_new_tokens), device)
+            (topk, tau, batch_tokens, shard_size, max_length, too_long, no_generate, max_new_tokens), device)
 
         def listed() -> list[Path]:
             return shard_paths(where)
