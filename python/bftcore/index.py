@@ -22,7 +22,7 @@ import numpy as np
 from bftcore import _core
 from bftcore.buckets import bucket_labels
 from bftcore.errors import BadInput
-from bftcore.shards import open_shard, shard_meta
+from bftcore.shards import open_shard, shard_meta, verify_checksum
 
 READ_BATCH = 1 << 16  # rows per record batch: bounds memory, whatever the corpus size
 INDEX_COLUMNS = ["token", "pos", "lp_base", "lp_aligned", "kl", "bf_mass", "retain", "label",
@@ -35,9 +35,20 @@ def _column(batch: Any, name: str, dtype: Any) -> np.ndarray:
     if col.null_count:
         raise BadInput(f"column {name} has missing values")
     try:
-        return col.to_numpy(zero_copy_only=True)  # a view of the Arrow buffer
+        arr = col.to_numpy(zero_copy_only=True)  # a view of the Arrow buffer
     except Exception:  # another physical type: one conversion, still bounded by the batch
-        return np.ascontiguousarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
+        arr = col.to_numpy(zero_copy_only=False)
+    return _exact(arr, name, dtype)
+
+
+def _exact(arr: np.ndarray, name: str, dtype: Any) -> np.ndarray:
+    """The column as `dtype` when that loses nothing (float32 from float64 aside), else BadInput:
+    a shard whose schema says int32 where a scored shard has uint32 is damaged, not convertible."""
+    if arr.dtype == dtype:
+        return arr
+    if np.dtype(dtype).kind == "f" and arr.dtype.kind == "f":
+        return np.ascontiguousarray(arr, dtype=dtype)
+    raise BadInput(f"column {name} holds {arr.dtype}, a scored shard holds {np.dtype(dtype)} (damaged?)")
 
 
 def _topk(batch: Any, name: str, k: int, dtype: Any) -> np.ndarray:
@@ -46,9 +57,10 @@ def _topk(batch: Any, name: str, k: int, dtype: Any) -> np.ndarray:
     if len(values) != k * batch.num_rows:
         raise BadInput(f"column {name} does not hold k={k} values per row")
     try:
-        return values.to_numpy(zero_copy_only=True)
+        arr = values.to_numpy(zero_copy_only=True)
     except Exception:
-        return np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=dtype)
+        arr = values.to_numpy(zero_copy_only=False)
+    return _exact(arr, name, dtype)
 
 
 def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = None,
@@ -58,6 +70,8 @@ def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = No
 
     if not shards:
         raise BadInput("no scored shards to index")
+    for p in shards:
+        verify_checksum(p)
     metas = [shard_meta(p) for p in shards]
     first = metas[0]
     for p, m in zip(shards, metas):
@@ -79,8 +93,8 @@ def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = No
     for path, args in _prefetch(_batches(shards, k)):
         try:
             builder.add_batch(*args)
-        except _core.CoreError as e:
-            raise BadInput(f"{path}: {e}") from e
+        except (_core.CoreError, TypeError) as e:  # TypeError: an array of another dtype
+            raise BadInput(f"{path}: {' '.join(str(e).split())}") from e
         if progress:
             progress("indexing", builder.rows, total)
     _write(builder, out)
@@ -112,9 +126,11 @@ def _batches(shards: Sequence[Path], k: int) -> Iterator[tuple[Path, tuple[Any, 
                     _topk(rb, "topk_token", k, np.uint32), _topk(rb, "topk_lp_base", k, np.float32),
                     _topk(rb, "topk_lp_aligned", k, np.float32),
                 )
+        except BadInput as e:
+            raise BadInput(f"{path}: {e}") if not str(e).startswith(str(path)) else e from e
         except KeyError as e:
             raise BadInput(f"{path}: missing column {e}") from e
-        except (OSError, ValueError) as e:  # pyarrow's IO and format errors
+        except (OSError, ValueError, TypeError) as e:  # pyarrow's IO and format errors
             raise BadInput(f"{path}: unreadable ({e})") from e
 
 
@@ -151,7 +167,15 @@ def _prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
                 raise item
             yield item
     finally:
+        # stop the reader and wait for it: a thread left inside pyarrow when the interpreter
+        # exits is killed mid-call (std::terminate), turning a clean error into an abort
         stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def _write(builder: Any, out: Path) -> None:

@@ -44,7 +44,7 @@ def shard_meta(path: Path) -> dict[str, Any]:
         raise BadInput(f"{path}: not a bftcore scored shard (no bftcore metadata)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{path}: unreadable bftcore metadata ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
         raise BadInput(f"{path}: not a bftcore scored shard")
@@ -63,6 +63,31 @@ def shard_meta(path: Path) -> dict[str, Any]:
 def _digest(meta: dict[str, Any]) -> str:
     body = {k: v for k, v in meta.items() if k != "digest"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checksum_path(path: Path) -> Path:
+    """The file beside a shard that holds the SHA-256 of its bytes (Parquet checksums its data
+    pages only; page headers and the footer are covered by this)."""
+    return path.with_name(f"{path.name}.sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: Path) -> None:
+    """BadInput when the shard's bytes differ from the checksum written beside it (shards
+    written before checksums existed have none and are read as they are)."""
+    sums = checksum_path(path)
+    if not sums.is_file():
+        return
+    want = sums.read_text(encoding="ascii", errors="replace").split()[0] if sums.stat().st_size else ""
+    if _sha256(path) != want:
+        raise BadInput(f"{path}: checksum mismatch (the file changed after it was written: damaged?)")
 
 
 def open_shard(path: Path) -> Any:
@@ -97,4 +122,9 @@ def write_shard(table: Any, path: Path, meta: dict[str, Any]) -> None:
     pq.write_table(table, tmp, compression="lz4", row_group_size=ROW_GROUP, write_page_checksum=True)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    # the checksum goes into place first: a shard is never there without its own
+    sums = checksum_path(path)
+    sums_tmp = sums.with_name(f".{sums.name}.tmp-{os.getpid()}")
+    sums_tmp.write_text(f"{_sha256(tmp)}  {path.name}\n", encoding="ascii")
+    os.replace(sums_tmp, sums)
     os.replace(tmp, path)
