@@ -56,17 +56,22 @@ def _config(model_dir: Path) -> dict[str, Any]:
         raise BadInput(f"{model_dir}: not a model directory (no config.json)") from e
     except json.JSONDecodeError as e:
         raise BadInput(f"{model_dir}/config.json: not JSON ({e.msg})") from e
+    return _check_config(cfg, model_dir)
+
+
+def _check_config(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
+    """The config when bftcore can export its model, else BadInput naming what it cannot."""
     arch = cfg.get("model_type")
     if arch not in SUPPORTED_ARCHS:
-        raise BadInput(f"{model_dir}: architecture {arch!r} cannot be exported "
+        raise BadInput(f"{where}: architecture {arch!r} cannot be exported "
                        f"(supported: {', '.join(SUPPORTED_ARCHS)})")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise BadInput(f"{model_dir}: rope scaling {rope.get('rope_type')!r} is not exported (only default RoPE)")
+        raise BadInput(f"{where}: rope scaling {rope.get('rope_type')!r} is not exported (only default RoPE)")
     if arch == "qwen2" and cfg.get("use_sliding_window"):
-        raise BadInput(f"{model_dir}: Qwen2 with sliding-window attention is not exported")
+        raise BadInput(f"{where}: Qwen2 with sliding-window attention is not exported")
     if cfg.get("hidden_act", "silu") != "silu":
-        raise BadInput(f"{model_dir}: activation {cfg.get('hidden_act')!r} is not exported (only silu)")
+        raise BadInput(f"{where}: activation {cfg.get('hidden_act')!r} is not exported (only silu)")
     return cfg
 
 
@@ -289,10 +294,15 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16",
     model_dir, out = Path(model_dir), Path(out)
     if dtype not in GGUF_DTYPES:
         raise BadInput(f"unknown GGUF dtype {dtype!r} (known: {', '.join(GGUF_DTYPES)})")
-    cfg = _config(model_dir) if (model_dir / "config.json").is_file() else _adapter_config(model_dir)
+    if (model_dir / "config.json").is_file():
+        cfg = _config(model_dir)  # refused before the weights are read
+        model = load_model(model_dir)
+    else:  # a LoRA adapter exports as its merged model
+        model = load_model(model_dir)
+        cfg = _check_config(model.config.to_dict(), model_dir)
     arch = cfg["model_type"]
     vocab = tokenizer_vocab(model_dir, int(cfg["vocab_size"]))
-    state = {k: v.detach().float().numpy() for k, v in load_model(model_dir).state_dict().items()}
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     tied = bool(cfg.get("tie_word_embeddings", False))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -348,24 +358,6 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16",
         if tmp.exists():
             tmp.unlink()
     return out
-
-
-def _adapter_config(model_dir: Path) -> dict[str, Any]:
-    """A LoRA adapter directory exports as its merged model: the base model's config."""
-    model = load_model(model_dir)  # raises BadInput for what is not a model or adapter
-    cfg = model.config.to_dict()
-    return _config_checked(cfg, model_dir)
-
-
-def _config_checked(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp())
-    try:
-        (tmp / "config.json").write_text(json.dumps(cfg))
-        return _config(tmp)
-    except BadInput as e:
-        raise BadInput(str(e).replace(str(tmp), str(where))) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _add_vocab(w: Any, v: GGUFVocab) -> None:
@@ -454,7 +446,7 @@ def export_onnx(model_dir: str | Path, out: str | Path,
 
     model_dir, out = Path(model_dir), Path(out)
     model = load_model(model_dir)
-    cfg = _config_checked(model.config.to_dict(), model_dir)
+    cfg = _check_config(model.config.to_dict(), model_dir)
     model = _eager(model)  # the SDPA path has data-dependent branches the exporter cannot trace
     layers, kvh, hd = int(cfg["num_hidden_layers"]), int(cfg.get("num_key_value_heads") or
                                                          cfg["num_attention_heads"]), _head_dim(cfg)
@@ -655,7 +647,10 @@ def check_source(model_dir: str | Path, to: str) -> None:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise BadInput(f"{model_dir}: no such model directory")
-    cfg = _config(model_dir) if (model_dir / "config.json").is_file() else _adapter_config(model_dir)
+    if (model_dir / "config.json").is_file():
+        cfg = _config(model_dir)
+    else:  # an adapter: its merged model's config
+        cfg = _check_config(load_model(model_dir).config.to_dict(), model_dir)
     if to == "gguf":
         tokenizer_vocab(model_dir, int(cfg["vocab_size"]))
 
