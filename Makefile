@@ -1,6 +1,8 @@
 # bftcore: two commands on a fresh machine.
 #   make demo   installs what is missing, then runs the demo on the embedded toy world
-#   make test   installs what is missing, then runs cargo test (no Python needed) and pytest
+#   make test   installs what is missing, then runs the linters (ruff, mypy, stubtest, clippy),
+#               cargo test (no Python needed) and pytest
+#   make wheel  builds the abi3 wheel and the sdist into dist/ (maturin)
 # Heavy dependencies go into the machine's Python and are reused: torch is never reinstalled
 # when it imports (pip keeps every requirement that is already satisfied).
 
@@ -9,21 +11,38 @@ export PIP_ROOT_USER_ACTION := ignore
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PIP := $(PY) -m pip
 
-.PHONY: install demo test test-rust test-python clean
+DIST ?= dist
+
+.PHONY: install demo test lint test-rust test-python wheel clean
 
 install:
+	@# headless Chromium renders the HTML report in tests/test_report.py (Debian package; we run as root)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch
 	@$(PY) -c "import maturin" 2>/dev/null || $(PIP) install "maturin>=1.7,<2"
 	@# llama.cpp compiles from source (~4.5 min on 2 cores), once: portable x86-64 flags, no llava
 	@$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" \
 		CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install --quiet "llama-cpp-python==0.3.36"
 	@# editable install: builds the Rust core (cargo keeps target/ incremental) and the CLI entry point
-	$(PIP) install --quiet --no-build-isolation --editable ".[dev,deploy]"
+	$(PIP) install --quiet --no-build-isolation --editable ".[dev,onnx,llamacpp]"
 
 demo: install
 	$(PY) -m bftcore demo
 
-test: install test-rust test-python
+test: install lint test-rust test-python
+
+# the typed surface: _core.pyi against the built module, mypy and ruff on python/, clippy on rust/
+lint:
+	$(PY) -m ruff check python tests benches docs
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest bftcore._core
+	cargo clippy --manifest-path rust/Cargo.toml --all-targets --features python --quiet -- -D warnings
+
+# one abi3 wheel (CPython >= 3.11) and the sdist; the Rust core is compiled in, no toolchain needed to install
+wheel:
+	@mkdir -p $(DIST)
+	$(PY) -m maturin build --release --quiet --out $(DIST)
+	$(PY) -m maturin sdist --out $(DIST)
 
 # the .bfti fuzz properties run 150k cases each here (about a minute); 1e6 once: see RESULTS.md
 test-rust:

@@ -15,6 +15,7 @@ reported as the share of identical rows for the quantized ones.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -58,7 +59,7 @@ def main() -> None:
     for to, dtype in (("gguf", "f32"), ("gguf", "f16"), ("gguf", "bf16"), ("gguf", "q8_0"), ("gguf", "q4_k_m"),
                       ("onnx", "f32")):
         out = work / (f"{dtype}.gguf" if to == "gguf" else "onnx")
-        sec, _ = timed(lambda: ex.export(src, to, out, dtype), a.repeats)
+        sec, _ = timed(functools.partial(ex.export, src, to, out, dtype), a.repeats)
         size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.iterdir())
         export_rows.append((f"{to} {dtype}", sec, size))
 

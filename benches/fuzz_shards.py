@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from bftcore import index as bfti
 from bftcore.errors import BadInput
 from bftcore.shards import write_shard
@@ -28,7 +29,9 @@ from bftcore.shards import write_shard
 def small_shard(path: Path, rows: int = 300, k: int = 4, vocab: int = 64) -> None:
     rng = np.random.default_rng(0)
     top = rng.integers(0, vocab, (rows, k), dtype=np.uint32)
-    f32 = lambda *s: rng.normal(-3, 1, s).astype(np.float32)
+    def f32(*s: int) -> np.ndarray:
+        return rng.normal(-3, 1, s).astype(np.float32)
+
     table = pa.table({
         "doc_id": pa.array(np.repeat(np.arange(rows // 50, dtype=np.uint64), 50)),
         "pos": pa.array(np.tile(np.arange(1, 51, dtype=np.uint32), rows // 50)),

@@ -13,7 +13,7 @@ from bftcore.attack import AttackConfig, Suite
 from bftcore.chat import prompt_ids, response_ids
 from bftcore.corpus import Record
 from bftcore.generate import Decoding, TorchGenerator
-from bftcore.judge import ClassifierJudge, CausalJudge, Judged, KeywordJudge, PhraseJudge
+from bftcore.judge import CausalJudge, ClassifierJudge, Judged, KeywordJudge, PhraseJudge
 from bftcore.models import load_model, load_tokenizer, new_model, save_model, toy_config
 from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS
 from bftcore.train import Example, TrainConfig, train

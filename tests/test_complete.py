@@ -266,6 +266,46 @@ def test_ddp_two_ranks_follow_the_single_process_loss_curve(toy, small, tmp_path
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
 
 
+def test_fsdp_two_ranks_killed_and_resumed_follow_the_single_process_run(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """FSDP2 (weights, gradients and AdamW state sharded over 2 gloo ranks, gradient accumulation,
+    activation recomputation), stopped after its first checkpoint and rerun: the same loss curve
+    and weights as one process."""
+    args = ("--steps", "6", "--batch-size", "8", "--method", "bft", "--checkpoint-every", "2")
+    single = tmp_path / "single"
+    assert run_cli(*_complete_args(toy, small, single, *args)).returncode == 0
+    sharded = tmp_path / "sharded"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "bftcore", *_complete_args(toy, small, sharded, *args, "--fsdp", "--grad-accum", "2",
+                                            "--grad-checkpointing")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    checkpoint = tmp_path / ".sharded.work" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    # what a scheduler's preemption does: SIGTERM to the launcher, which takes its workers down
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0 and not sharded.exists(), "the run ended before it was killed"
+    step = torch.load(checkpoint, weights_only=True)["step"]
+    r = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["resumed_from_step"] >= step > 0
+    one = json.loads((single / cp.CARD).read_text())
+    two = json.loads((sharded / cp.CARD).read_text())
+    assert two["world_size"] == 2 and two["config"]["fsdp"]
+    for a, b in zip(one["log"], two["log"], strict=True):
+        for term in ("loss", "ce", "penalty", "kd", "grad_norm"):
+            assert a[term] == pytest.approx(b[term], rel=2e-3, abs=1e-5), (a["step"], term)
+    wa, wb = _weights(single), _weights(sharded)
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_fsdp_without_torchrun_is_bad_input(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = run_cli(*_complete_args(toy, small, tmp_path / "x", "--steps", "2", "--fsdp"))
+    assert r.returncode == 2 and "torchrun" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_harmful_records_without_responses_are_bad_input(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "How do I poison the well?", "label": "harmful"}) + "\n")
@@ -312,8 +352,8 @@ def test_base_statistics_from_scored_shards_equal_the_online_ones(toy, small, tm
     assert (ids[:, :5] == top_ids[:, :5]).float().mean() > 0.99  # ties deep in the tail may swap
     # from the CLI: no --base needed, the run card says where the statistics came from
     out = tmp_path / "from-shards"
-    args = [a for a in _complete_args(toy, small, out, "--steps", "2", "--batch-size", "8", "--base-shards",
-                                      str(small["index"]) + ".shards")]
+    args = _complete_args(toy, small, out, "--steps", "2", "--batch-size", "8", "--base-shards",
+                          str(small["index"]) + ".shards")
     i = args.index("--base")
     del args[i:i + 2]
     r = run_cli(*args)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from bftcore import export as ex
 from bftcore.attack import AttackConfig, Suite
 from bftcore.backends import (

@@ -98,4 +98,4 @@ def test_merge_of_a_split_equals_the_whole_in_any_order(
     paths = [parts[i].path for i in order if i < len(parts)]
     merged = merge(paths, tmp_path / "merged.bfti")
     assert merged.header["rows"] == whole.header["rows"]
-    assert_matches(merged, {l: whole._core.arrays(l) for l in whole.labels})
+    assert_matches(merged, {label: whole._core.arrays(label) for label in whole.labels})

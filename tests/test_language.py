@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 
 from bftcore.toy.language import (
-    OPENING, PROMPT_TEMPLATES, RECOVERY_REFUSALS, REFUSALS, World,
+    OPENING,
+    PROMPT_TEMPLATES,
+    RECOVERY_REFUSALS,
+    REFUSALS,
+    World,
 )
 
 

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from bftcore import index as bfti
 from bftcore.corpus import read_corpus
 from bftcore.errors import BadInput
 from bftcore.generate import Decoding
 from bftcore.score import ScoreConfig, score_corpus
 from bftcore.shards import shard_paths
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 # ---- scored shards: bit flips, truncation, NaN ---------------------------------------------------
 
@@ -83,6 +84,7 @@ def test_damaged_shard_is_refused(small_shard: tuple[Path, bytes], tmp_path_fact
 def test_nan_and_inf_log_probs_are_refused(small_shard: tuple[Path, bytes], tmp_path: Path) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
     from bftcore.shards import META_KEY, shard_meta, write_shard
 
     shard, _ = small_shard
@@ -212,9 +214,10 @@ def test_onnx_graph_with_data_outside_its_directory_is_refused(toy, tmp_path: Pa
     """A model.onnx whose weights point outside its folder (absolute, or climbing out with ..)
     is refused before onnxruntime opens it; the same graph with its data beside it runs."""
     import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
     from bftcore.backends import OnnxGenerator
     from bftcore.export import export_onnx
-    from onnx.external_data_helper import convert_model_to_external_data
 
     src = export_onnx(toy.model_dir("llama", "aligned"), tmp_path / "good")
     model = onnx.load(str(src / "model.onnx"))
@@ -243,6 +246,7 @@ def test_a_gguf_chat_template_runs_sandboxed(toy, tmp_path: Path) -> None:  # ty
     """A GGUF's chat template is the file author's code: it renders in transformers' sandboxed
     Jinja, so a template reaching for Python internals fails instead of running."""
     import gguf
+
     from bftcore.backends import GGUFTokenizer, open_llama
     from bftcore.export import export_gguf
 
@@ -376,6 +380,7 @@ def test_pickle_weights_need_allow_pickle_and_load_as_tensors_only(toy, tmp_path
     --allow-pickle it is converted once to safetensors through the weights-only unpickler and
     attacked like any other; a pickle that carries an object, not tensors, is refused even then."""
     import torch
+
     from bftcore.models import load_model
     from conftest import run_cli
 

@@ -15,7 +15,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bftcore.toy import ModelShape, ToySettings, toy_world
 from bftcore.toy import build as toy_build
 from bftcore.train import TrainConfig
-
 from conftest import run_cli, tree_bytes
 
 # A small world for tests of the machinery itself (seconds, not minutes).

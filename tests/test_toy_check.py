@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 from conftest import run_cli
 
@@ -86,3 +88,18 @@ def test_demo_json_carries_rows_checks_and_the_index(toy) -> None:  # type: igno
     assert obj["measures"][0]["metric"] == "perplexity"
     assert obj["index"]["header"]["labels"] == ["benign", "harmful"]
     assert all(list(b)[:4] == ["label", "bucket", "lo", "hi"] for b in obj["index"]["buckets"])
+
+
+def test_demo_without_the_deploy_extras_runs_the_rest_and_says_what_it_skipped(toy) -> None:  # type: ignore[no-untyped-def]
+    """`pip install bftcore` without `[onnx,llamacpp]`: the demo trains, attacks and checks all the
+    rest, and names the extras of the export stage it left out (here they are hidden from import)."""
+    code = ("import sys; sys.modules['onnxruntime'] = None; sys.modules['llama_cpp'] = None; "
+            "sys.argv = ['bftcore', 'demo', '--json']; from bftcore.cli import main; main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    obj = json.loads(r.stdout)
+    assert obj["ok"] and obj["parity"] == [] and len(obj["checks"]) == 27 - 7  # the 7 export checks
+    why = ("export and re-attack of the deployed artifacts: onnxruntime, llama_cpp not installed "
+           "(pip install 'bftcore[onnx,llamacpp]')")
+    assert obj["skipped"] == [why]
+    assert not [row for row in obj["rows"] if " gguf" in row["model"] or " onnx" in row["model"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -21,7 +22,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
     mid = 10 + 45
     assert lr_at(mid, total, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     values = [lr_at(s, total, cfg) for s in range(10, total)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 def test_weighted_ce_by_hand() -> None:

@@ -1,7 +1,21 @@
 """Type stubs for the Rust extension module `bftcore._core` (rust/src/python.rs)."""
 
+from typing import Self, final
+
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_BUCKET_EDGES",
+    "CoreError",
+    "Index",
+    "IndexBuilder",
+    "__version__",
+    "bucket_index",
+    "bucket_of",
+    "merge_indexes",
+    "token_bucket_counts",
+]
 
 __version__: str
 DEFAULT_BUCKET_EDGES: list[int]
@@ -19,16 +33,17 @@ def token_bucket_counts(
 
 class CoreError(ValueError): ...
 
+@final
 class IndexBuilder:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         vocab_size: int,
         k: int,
         tau: float,
         tokenizer_hash: str,
         meta_json: str = "{}",
         edges: list[int] | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def add_batch(
         self,
         tokens: npt.NDArray[np.uint32],
@@ -48,6 +63,7 @@ class IndexBuilder:
     def rows(self) -> int: ...
     def write(self, path: str) -> str: ...
 
+@final
 class Index:
     @staticmethod
     def open(path: str) -> Index: ...

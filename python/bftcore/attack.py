@@ -70,7 +70,7 @@ class AttackResult:
     samples: list[Sample] = field(default_factory=list)
     measures: list[dict[str, Any]] = field(default_factory=list)  # perplexity and other non-rates
 
-    def extend(self, other: "AttackResult") -> None:
+    def extend(self, other: AttackResult) -> None:
         self.rows += other.rows
         self.samples += other.samples
         self.measures += other.measures
@@ -80,7 +80,7 @@ class AttackResult:
                            "samples": [asdict(s) for s in self.samples], "measures": self.measures})
 
     @classmethod
-    def from_json(cls, text: str) -> "AttackResult":
+    def from_json(cls, text: str) -> AttackResult:
         obj = json.loads(text)
         return cls([RateRow(**r) for r in obj["rows"]], [Sample(**s) for s in obj["samples"]],
                    list(obj["measures"]))
@@ -308,7 +308,7 @@ def plot_asr_vs_k(rows: Sequence[RateRow], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.2, 4.2 + 0.11 * len(series)), constrained_layout=True)
     for (model, attack), rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r.k or 0)
-        ks = [r.k for r in rs]
+        ks = [r.k for r in rs if r.k is not None]  # all of them: the series holds k rows only
         ax.plot(ks, [100 * r.rate for r in rs], marker="o", label=f"{model} {attack}")
         ax.fill_between(ks, [100 * r.ci[0] for r in rs], [100 * r.ci[1] for r in rs], alpha=0.15)
     ax.set_xscale("log", base=2)

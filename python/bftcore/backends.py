@@ -24,6 +24,7 @@ import torch
 
 from bftcore.chat import prompt_ids
 from bftcore.errors import BadInput
+from bftcore.extras import require
 from bftcore.generate import Decoding, filter_logits
 
 BACKENDS = ("auto", "torch", "llamacpp", "onnx", "server")
@@ -88,11 +89,13 @@ class GGUFTokenizer:
 
         if not self.chat_template:
             raise BadInput("this GGUF file has no tokenizer.chat_template")
-        text, _ = render_jinja_template([messages], chat_template=self.chat_template,
-                                        add_generation_prompt=add_generation_prompt,
-                                        bos_token=self.bos_token, eos_token=self.eos_token,
-                                        pad_token=self.pad_token, **kw)
-        return self.encode(text[0]) if tokenize else text[0]
+        # (rendered texts, generation indices); transformers annotates it as str
+        rendered: Any = render_jinja_template([messages], chat_template=self.chat_template,
+                                              add_generation_prompt=add_generation_prompt,
+                                              bos_token=self.bos_token, eos_token=self.eos_token,
+                                              pad_token=self.pad_token, **kw)
+        text = rendered[0][0]
+        return self.encode(text) if tokenize else text
 
 
 def _int_or_none(v: Any) -> int | None:
@@ -134,7 +137,7 @@ def gguf_context_length(path: str | Path) -> int:
 def open_llama(path: str | Path, *, n_ctx: int = 0, kv_f32: bool = False, logits_all: bool = False) -> Any:
     """A llama.cpp model of a GGUF file (quietly), or BadInput when it is not one. n_ctx 0 means
     the file's context length, capped at MAX_CONTEXT."""
-    import llama_cpp
+    llama_cpp = require("llama_cpp", "a GGUF file in llama.cpp")
 
     path = Path(path)
     if not path.is_file():
@@ -173,7 +176,7 @@ class LlamaCppGenerator:
 
     def _eval_to(self, ids: Sequence[int]) -> np.ndarray:
         """Log-probs of the next token after `ids`, reusing the cached common prefix."""
-        import llama_cpp
+        llama_cpp = require("llama_cpp", "a GGUF file in llama.cpp")
 
         if not ids:
             raise BadInput("an empty input has no next token")
@@ -222,7 +225,7 @@ class OnnxGenerator:
     decoding over the graph's KV cache, the tokenizer files beside it."""
 
     def __init__(self, path: str | Path, *, batch_size: int = 64, provider: str = "CPUExecutionProvider") -> None:
-        import onnxruntime as ort
+        ort = require("onnxruntime", "an ONNX graph in onnxruntime")
 
         from bftcore.models import load_tokenizer
 
@@ -311,7 +314,7 @@ class OnnxGenerator:
 def _check_external_data(graph: Path) -> None:
     """Refuse a graph whose weights live outside its own directory: an untrusted model.onnx must
     not make onnxruntime read arbitrary files (an absolute path, or one climbing out with ..)."""
-    import onnx
+    onnx = require("onnx", "reading an ONNX graph")
     from onnx.external_data_helper import uses_external_data
 
     try:

@@ -209,7 +209,7 @@ def _world_line(tw: Any) -> str:
 
 
 def _run_check(arch: str | None, seed: int, world_dir: Path | None, device: str,
-               as_json: bool, title: str) -> None:  # noqa: PLR0913
+               as_json: bool, title: str) -> None:
     from bftcore.models import resolve_device
     from bftcore.toy import measure, threshold_checks, toy_world
 
@@ -291,6 +291,7 @@ def demo(arch: str, seed: int, device: str, fresh: bool, as_json: bool) -> None:
                     "run_dir": str(result.run_dir),
                     "models": {k: str(v) for k, v in result.models.items()},
                     "parity": [p.to_dict() for p in result.parity],
+                    "skipped": result.skipped,
                     "seconds": round(time.perf_counter() - t0, 2)})
     else:
         console.print(_world_line(result.world))
@@ -324,8 +325,14 @@ def demo(arch: str, seed: int, device: str, fresh: bool, as_json: bool) -> None:
                           f"({m['tokens']} tokens)")
         console.print(_bucket_table(result.index, "index of held-out responses, per position bucket"))
         _print_checks(result.checks)
+        for why in result.skipped:
+            console.print(f"  skipped: {why}", markup=False, highlight=False)
         console.print(f"  index {result.index.path}; plot {result.run_dir / 'signal_decay.png'}; "
                       f"every row and sample in {result.run_dir / 'attacks'}")
+        import shlex
+
+        console.print(f"  report: bftcore report {shlex.quote(str(result.run_dir))} --out report.html",
+                      markup=False, highlight=False)
     if not result.ok:
         raise CheckFailed("a row of the demo table does not hold")
 
@@ -413,6 +420,8 @@ def _distributed() -> tuple[int, int]:
     if not dist.is_initialized():
         import torch
 
+        if torch.cuda.is_available():  # one GPU per process: "cuda" below means this rank's own
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
 
@@ -651,6 +660,39 @@ def inspect(index_path: Path, bucket: int | None, top: int, label: str | None,
         console.print(f"plot: {plot}")
 
 
+# ---- report -----------------------------------------------------------------------------
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The HTML file to write.")
+@click.option("--title", help="Page title (default: 'bftcore report: ' and the run directory's name).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary: what was found, plots, bytes.")
+def report(run_dir: Path, out: Path, title: str | None, as_json: bool) -> None:
+    """Gather a run directory into one self-contained HTML page: index curves and bucket tables
+    (*.bfti), attack tables with their ASR-vs-k plots (results.parquet), training loss curves
+    (train_log.jsonl) and export parity (parity.json). Plots are inlined; the page loads nothing
+    else and needs no JavaScript.
+
+    \b
+    Example:
+      bftcore report ~/.cache/bftcore/runs/demo-llama-seed0-KEY --out report.html
+      bftcore report runs/exp1 --out exp1.html --title "exp1: bft vs sft" --json
+    """
+    from bftcore.report import build_report
+
+    summary = build_report(run_dir, out, title)
+    if as_json:
+        _emit_json(summary.to_dict())
+        return
+    rows = f" of {summary.attack_rows} rows"
+    found = [f"{n} {one if n == 1 else many}" for n, one, many in (
+        (summary.indexes, "index", "indexes"),
+        (summary.attack_tables, "attack table" + rows, "attack tables" + rows),
+        (summary.training_runs, "training run", "training runs"),
+        (summary.parity_tables, "parity table", "parity tables")) if n]
+    console.print(f"report {out}: {', '.join(found)}; {summary.plots} plots, {summary.tables} tables, "
+                  f"{summary.bytes / 1024:.0f} KiB", markup=False, highlight=False)
+
+
 # ---- export -----------------------------------------------------------------------------
 @cli.command("export")
 @click.argument("model", type=click.Path(path_type=Path))
@@ -787,10 +829,10 @@ def attack(model: str, attacks: str, ks: str, data: tuple[Path, ...], judge_spec
 
     \b
     Example:
-      bftcore attack aligned/ --attack direct,prefill,rank-prefill --k 5,10,20,40 \
+      bftcore attack aligned/ --attack direct,prefill,rank-prefill --k 5,10,20,40 \\
           --data harmful.jsonl --judge keyword --out results/
       bftcore attack hardened-q8_0.gguf --backend llamacpp --attack prefill --data harmful.jsonl
-      bftcore attack http://127.0.0.1:8000 --backend server --tokenizer hardened-q8_0.gguf \
+      bftcore attack http://127.0.0.1:8000 --backend server --tokenizer hardened-q8_0.gguf \\
           --attack prefill --data harmful.jsonl
     """
     from bftcore import attack as atk
@@ -909,6 +951,8 @@ def attack(model: str, attacks: str, ks: str, data: tuple[Path, ...], judge_spec
               help="Extra refusal keywords (one per line) for judging the aligned model's own answers.")
 @click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True, help="Tokens per training sequence.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--fsdp", is_flag=True, help="Under torchrun: shard weights, gradients and optimizer state over ranks (FSDP2) instead of DDP.")
+@click.option("--grad-checkpointing", is_flag=True, help="Recompute activations in the backward pass: less memory, slower steps.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run card's summary as JSON.")
 @corpus_options
@@ -918,20 +962,23 @@ def complete(aligned: Path, base: Path | None, index_path: Path | None, base_sha
              grad_accum: int, lr: float, harmful_frac: float, seed: int, alpha: float, lam: float,
              penalty: str, beta: float, teacher: str, gamma: float, direct_frac: float,
              max_prefix: int | None, lora: bool, lora_r: int, merge: bool, refusals: Path | None,
-             refusal_keywords: Path | None, max_length: int, checkpoint_every: int, device: str,
-             as_json: bool, fmt: str | None, prompt_column: str | None, response_column: str | None,
+             refusal_keywords: Path | None, max_length: int, checkpoint_every: int, fsdp: bool,
+             grad_checkpointing: bool, device: str, as_json: bool, fmt: str | None, prompt_column: str | None, response_column: str | None,
              default_label: str | None, skip_bad: bool) -> None:
     """Targeted completion training: harden an aligned model where its safety learning is
     incomplete (METHOD.md §2), or train one of the baselines on the same data and budget.
 
     Interrupted runs resume from their last checkpoint when rerun with the same arguments.
-    Under torchrun each rank takes a slice of every global batch (DDP).
+    Under torchrun each rank takes a slice of every global batch (DDP; with --fsdp, FSDP2 shards
+    the weights, gradients and optimizer state, for models too large to replicate per GPU).
 
     \b
     Example:
-      bftcore complete --base B --aligned A --index corpus.bfti --data harmful.jsonl \
+      bftcore complete --base B --aligned A --index corpus.bfti --data harmful.jsonl \\
           --benign benign.jsonl --out hardened/
       bftcore complete --method qi-augment --aligned A --data harmful.jsonl --benign benign.jsonl --out qi/
+      torchrun --nproc-per-node 8 -m bftcore complete --fsdp --base B --aligned A --index corpus.bfti \\
+          --data harmful.jsonl --benign benign.jsonl --out hardened/
     """
     from dataclasses import replace
 
@@ -949,13 +996,15 @@ def complete(aligned: Path, base: Path | None, index_path: Path | None, base_sha
     if dev.startswith("cuda") and world > 1:
         import torch
 
-        dev = f"cuda:{rank % torch.cuda.device_count()}"
+        dev = f"cuda:{torch.cuda.current_device()}"  # this rank's GPU (LOCAL_RANK), set in _distributed"
     cfg = CompleteConfig(method=method, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                          harmful_frac=harmful_frac, seed=seed, direct_frac=direct_frac, alpha=alpha,
                          lam=lam, penalty=penalty, beta=beta, teacher=teacher, gamma=gamma,
                          max_prefix=max_prefix, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r,
-                         checkpoint_every=checkpoint_every)
+                         checkpoint_every=checkpoint_every, fsdp=fsdp, grad_checkpointing=grad_checkpointing)
     cfg.check()
+    if fsdp and world < 2:
+        raise BadInput("--fsdp shards the model over ranks: run it under torchrun with 2 or more processes")
     if merge and not lora:
         raise BadInput("--merge applies to --lora runs")
     profile = None

@@ -84,6 +84,9 @@ class CompleteConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     checkpoint_every: int = 50
+    # how, not what: neither changes the weights a run converges to, so neither is in the key
+    fsdp: bool = False  # under torchrun: FSDP2 (fully_shard per decoder layer) instead of DDP
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -98,9 +101,11 @@ class CompleteConfig:
             raise BadInput("--harmful-frac must lie strictly between 0 and 1")
 
     def key(self) -> str:
-        """Hash of everything that decides the final weights (not checkpoint_every)."""
+        """Hash of everything that decides the final weights (not checkpoint_every, fsdp or
+        grad_checkpointing)."""
         d = asdict(self)
-        d.pop("checkpoint_every")
+        for how in ("checkpoint_every", "fsdp", "grad_checkpointing"):
+            d.pop(how)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -146,7 +151,7 @@ class CompletionData:
         _write_atomic(path, json.dumps(obj))
 
     @classmethod
-    def load(cls, path: Path) -> "CompletionData":
+    def load(cls, path: Path) -> CompletionData:
         obj = json.loads(path.read_text())
         return cls([HarmfulItem(**h) for h in obj["harmful"]], [BenignItem(**b) for b in obj["benign"]])
 
@@ -207,7 +212,7 @@ class RetentionProfile:
     counts: tuple[int, ...]
 
     @classmethod
-    def from_index(cls, index: Any, label: str = "harmful") -> "RetentionProfile":
+    def from_index(cls, index: Any, label: str = "harmful") -> RetentionProfile:
         if label not in index.labels:
             raise BadInput(f"{index.path}: no {label!r} label; the index must be built on harmful "
                            "responses to guide completion")
@@ -216,7 +221,7 @@ class RetentionProfile:
                    tuple(int(r["count"]) for r in rows))
 
     @classmethod
-    def uniform(cls, edges: Sequence[int] = DEFAULT_BUCKET_EDGES) -> "RetentionProfile":
+    def uniform(cls, edges: Sequence[int] = DEFAULT_BUCKET_EDGES) -> RetentionProfile:
         return cls(tuple(edges), tuple(1.0 for _ in edges), tuple(1 for _ in edges))
 
     def rbar(self, pos: int) -> float:
@@ -468,7 +473,7 @@ class Trainer:
 
     def __init__(self, model: Any, reference: Any, base: Any, cfg: CompleteConfig,
                  profile: RetentionProfile, pad_id: int, *, ddp: Any = None,
-                 base_stats: "ShardBaseStats | None" = None) -> None:
+                 base_stats: ShardBaseStats | None = None) -> None:
         import torch
 
         self.model, self.reference, self.base = model, reference, base
@@ -595,13 +600,31 @@ def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, trainer: Trainer, step: int, log: list[dict[str, Any]], key: str) -> None:
+def _gathered_state(trainer: Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """FSDP2: the trainable weights and the optimizer state as full tensors on rank 0's CPU
+    (a collective: every rank calls it; the other ranks get empty dicts)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, opt_state = get_state_dict(trainer.model, trainer.opt,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return {n: v for n, v in model_state.items() if n in trainable}, dict(opt_state)
+
+
+def save_checkpoint(path: Path, trainer: Trainer, step: int, log: list[dict[str, Any]], key: str,
+                    rank: int = 0) -> None:
+    """Rank 0 writes (temp file and rename); under FSDP2 every rank takes part in gathering."""
     import torch
 
+    if trainer.cfg.fsdp:
+        model_state, opt_state = _gathered_state(trainer)
+    elif rank == 0:
+        model_state, opt_state = _trainable_state(trainer.model), trainer.opt.state_dict()
+    if rank != 0:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"step": step, "key": key, "model": _trainable_state(trainer.model),
-                "optimizer": trainer.opt.state_dict(), "log": log}, tmp)
+    torch.save({"step": step, "key": key, "model": model_state, "optimizer": opt_state, "log": log}, tmp)
     os.replace(tmp, path)
 
 
@@ -618,6 +641,12 @@ def load_checkpoint(path: Path, trainer: Trainer, key: str) -> tuple[int, list[d
         raise BadInput(f"{path}: unreadable checkpoint ({e.__class__.__name__}); delete it to start over") from e
     if ck.get("key") != key:
         raise BadInput(f"{path}: a checkpoint of other settings or data; use a new --out or delete it")
+    if trainer.cfg.fsdp:  # full tensors in the file; each rank keeps its own shard of them
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(trainer.model, trainer.opt, model_state_dict=ck["model"], optim_state_dict=ck["optimizer"],
+                       options=StateDictOptions(full_state_dict=True, strict=False))
+        return int(ck["step"]), list(ck["log"])
     params = dict(trainer.model.named_parameters())
     with torch.no_grad():
         for n, v in ck["model"].items():
@@ -672,11 +701,13 @@ def train_loop(trainer: Trainer, data: CompletionData, work: Path, key: str, *,
         micro = [mine[s:s + per_micro] for s in range(0, len(mine), per_micro)]
         for i, part in enumerate(micro):
             b = collate(part, trainer.pad_id, trainer.device)
-            sync = trainer.ddp is None or i == len(micro) - 1
-            ctx = trainer.ddp.no_sync() if not sync else contextlib.nullcontext()
+            sync = i == len(micro) - 1  # reduce gradients over ranks once, after the last micro-batch
+            if cfg.fsdp:
+                trainer.model.set_requires_gradient_sync(sync)
+            ctx = trainer.ddp.no_sync() if trainer.ddp is not None and not sync else contextlib.nullcontext()
             with ctx:
                 loss, parts = trainer.micro_loss(b, norm)
-                # DDP averages gradients over ranks; each term is already a share of the global
+                # DDP and FSDP average gradients over ranks; each term is already a share of the global
                 # mean, so scale back up by the world size
                 (loss * world).backward()
             for k, v in parts.items():
@@ -687,10 +718,12 @@ def train_loop(trainer: Trainer, data: CompletionData, work: Path, key: str, *,
             terms = dict(zip(sorted(norm), vec.tolist()))
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in trainer.model.parameters() if p.requires_grad], cfg.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor, the norm over every rank's shard
+            grad_norm = grad_norm.full_tensor()
         trainer.opt.step()
         trainer.opt.zero_grad(set_to_none=True)
         entry = {"step": step + 1, "lr": lr, "loss": sum(terms.values()), "grad_norm": float(grad_norm),
-                 **{k: v for k, v in sorted(terms.items())}}
+                 **dict(sorted(terms.items()))}
         log.append(entry)
         if rank == 0:
             with live.open("a") as f:
@@ -698,8 +731,8 @@ def train_loop(trainer: Trainer, data: CompletionData, work: Path, key: str, *,
         if progress is not None:
             progress(f"completion ({cfg.method})", step + 1, cfg.steps)
         done = step + 1
-        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_checkpoint(ck, trainer, done, log, key)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(ck, trainer, done, log, key, rank)
         if stop_after is not None and done >= stop_after:
             break
     trainer.model.eval()
@@ -732,6 +765,8 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
         raise BadInput("--method bft needs --base (the base model's preferences drive the penalty)")
     profile = profile or RetentionProfile.uniform()
     rank, world = _dist()
+    if cfg.fsdp and world < 2:
+        raise BadInput("--fsdp shards the model over ranks: run it under torchrun with 2 or more processes")
     if cfg.batch_size < world * cfg.grad_accum:
         raise BadInput(f"--batch-size {cfg.batch_size} is smaller than ranks x --grad-accum "
                        f"({world} x {cfg.grad_accum}): some micro-batches would be empty")
@@ -739,13 +774,15 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
     aligned = Path(aligned)
     tok = load_tokenizer(aligned)
     model = load_model(aligned, device=device)
+    if cfg.grad_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     reference = None
     if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-
-        lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                        target_modules="all-linear", task_type="CAUSAL_LM")
-        model = get_peft_model(model, lc)
+        model = _with_lora(model, cfg)
     elif cfg.method in ("bft", "qi-constrained"):
         reference = load_model(aligned, device=device)  # the frozen aligned model
         reference.requires_grad_(False)
@@ -757,7 +794,11 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
         base_model = load_model(Path(base), device=device)  # type: ignore[arg-type]
         base_model.requires_grad_(False)
     ddp = None
-    if world > 1:
+    if cfg.fsdp:  # the frozen teachers are sharded too: three full 8B copies per GPU would not fit
+        for m in (model, reference, base_model):
+            if m is not None:
+                _fsdp_shard(m)
+    elif world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(model)
@@ -768,6 +809,8 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
     work = work_dir(out)
     with _exclusive(work, rank):
         result = train_loop(trainer, data, work, key, progress=progress, stop_after=stop_after)
+    if cfg.fsdp and len(result.log) >= cfg.steps:
+        model = _unsharded(model, aligned, cfg, rank)
     if len(result.log) < cfg.steps or rank != 0:
         return result
     card = run_card(cfg, data, profile, result, base=base, aligned=aligned, index_path=index_path,
@@ -788,6 +831,46 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
         f.unlink()
     work.rmdir()
     return result
+
+
+def _with_lora(model: Any, cfg: CompleteConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                    target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lc)
+
+
+def _fsdp_shard(model: Any) -> None:
+    """FSDP2: one parameter group per decoder layer (the classes transformers names in
+    `_no_split_modules`), then the rest (embeddings, final norm, head) at the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks = set(getattr(inner, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in blocks]
+    if not layers:
+        raise BadInput(f"--fsdp: {type(inner).__name__} names no decoder-layer class to shard by")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def _unsharded(model: Any, aligned: Path, cfg: CompleteConfig, rank: int) -> Any:
+    """FSDP2 after training: the full weights gathered onto rank 0's CPU and loaded into a
+    plain copy of the model, which is what gets written (a collective; None on other ranks)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from bftcore.models import load_model
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return None
+    plain = load_model(aligned, device="cpu")
+    if cfg.lora:
+        plain = _with_lora(plain, cfg)
+    plain.load_state_dict(full)
+    return plain
 
 
 @contextlib.contextmanager
@@ -860,11 +943,11 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = [f"# bftcore completion run: method `{cfg['method']}`", "",
              f"- models: base `{card['models'].get('base')}`, aligned `{card['models'].get('aligned')}`",
              f"- index: `{card['index']}`",
-             f"- data: {card['data']['harmful']} harmful ({card['data']['self_refusals']} self-distilled "
-             f"refusals, {card['data']['template_refusals']} template), {card['data']['benign']} benign; "
-             f"hash `{card['data']['hash']}`",
-             f"- steps {cfg['steps']}, batch {cfg['batch_size']} (accumulation {cfg['grad_accum']}), "
-             f"lr {cfg['lr']}, seed {cfg['seed']}, world size {card['world_size']}, device {card['device']}",
+             (f"- data: {card['data']['harmful']} harmful ({card['data']['self_refusals']} self-distilled "
+              f"refusals, {card['data']['template_refusals']} template), {card['data']['benign']} benign; "
+              f"hash `{card['data']['hash']}`"),
+             (f"- steps {cfg['steps']}, batch {cfg['batch_size']} (accumulation {cfg['grad_accum']}), "
+              f"lr {cfg['lr']}, seed {cfg['seed']}, world size {card['world_size']}, device {card['device']}"),
              (f"- loss: {card['loss_first']:.4f} at step 1, {card['loss_final_mean10']:.4f} "
               "(mean of the last 10 steps)"),
              "", "| term | final (mean of last 10 steps) |", "| --- | --- |"]

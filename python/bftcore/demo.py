@@ -65,6 +65,7 @@ class DemoResult:
     measures: list[dict[str, Any]]
     models: dict[str, Path]
     parity: list[ex.Parity] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # stages left out, each with the reason
 
     @property
     def ok(self) -> bool:
@@ -88,12 +89,18 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
     checks = threshold_checks(rows) + signal_decay_checks(index.curves(), arch)
     suite = attack_suite(tw, arch, device=device, progress=progress)
     models = completed_models(tw, arch, methods, device=device, progress=progress)
+    keep_training_logs(models, run_dir / "training")
     for name, path in models.items():
         suite.extend(hardening_suite(tw, arch, path, name, device=device, progress=progress, fresh=fresh))
     suite.extend(hardening_suite(tw, arch, tw.model_dir(arch, "aligned"), CONTRAST, device=device,
                                  progress=progress, contrast_base=tw.model_dir(arch, "base"), fresh=fresh))
     parity: list[ex.Parity] = []
-    if COMPLETED in models:
+    skipped = []
+    missing = missing_deploy_extras()
+    if missing and COMPLETED in models:
+        skipped.append(f"export and re-attack of the deployed artifacts: {', '.join(missing)} not installed "
+                       "(pip install 'bftcore[onnx,llamacpp]')")
+    if COMPLETED in models and not missing:
         artifacts = exported_models(tw, arch, models[COMPLETED], progress=progress)
         for label, path in artifacts.items():
             suite.extend(hardening_suite(tw, arch, models[COMPLETED], f"{COMPLETED} {label}", device=device,
@@ -108,12 +115,30 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
         suite.extend(hardening_suite(tw, arch, aligned, "aligned gguf-q8_0", device=device,
                                      progress=progress, artifact=aligned_q8["gguf-q8_0"], fresh=fresh))
     atk.write_results(suite, run_dir / "attacks")
+    keep_parity(parity, run_dir / "exports" / "parity.json")
     rows = sorted(rows + suite.rows, key=_row_order)
     if COMPLETED in models:
         checks += completion_checks(rows, COMPLETED)
+    if COMPLETED in models and not missing:
         checks += export_checks(rows, parity)
         checks += export_checks(rows, [], ALIGNED_TORCH, ("gguf-q8_0",), prefix="aligned")
-    return DemoResult(tw, rows, checks, index, run_dir, suite.measures, models, parity)
+    return DemoResult(tw, rows, checks, index, run_dir, suite.measures, models, parity, skipped)
+
+
+def missing_deploy_extras() -> list[str]:
+    """The modules of the export stage (extras `onnx` and `llamacpp`) this Python lacks: without
+    them the demo runs everything else and says what it left out."""
+    import importlib.util
+
+    missing = []
+    for module in ("onnx", "onnxscript", "onnxruntime", "llama_cpp"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ValueError:  # in sys.modules as None: deliberately hidden
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
 
 
 _MODEL_ORDER = ("base", "aligned", COMPLETED, *BASELINES, CONTRAST, "completed gguf-f16", "completed gguf-q8_0",
@@ -182,8 +207,8 @@ def hardening_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: s
         code.append("backends.py")
         for f in [artifact] if artifact.is_file() else sorted(artifact.iterdir()):
             h.update(f.read_bytes())
-    for f in code:
-        h.update((_PKG / f).read_bytes())
+    for src in code:
+        h.update((_PKG / src).read_bytes())
     cache = tw.root / "completed" / "measured" / f"{arch}-{name}-{h.hexdigest()[:16]}.json"
     if cache.is_file() and not fresh:
         return atk.AttackResult.from_json(cache.read_text())
@@ -215,6 +240,36 @@ def _measure_hardening(tw: Any, arch: str, model_dir: Path, name: str, *, device
     out.extend(_hard_rows(suite, tw, harmful))
     out.rows.append(benign_exact_match(gen, tw.world, name, arch, progress))
     return out
+
+
+# ---- the run directory: everything `bftcore report` reads ----------------------------------
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def keep_training_logs(models: dict[str, Path], dest: Path) -> None:
+    """Copy each trained model's train_log.jsonl and run card into `dest/<row name>/`: the run
+    directory then holds its training curves itself (copies, not links: the model cache is keyed
+    by code versions and an old entry may go)."""
+    for name, model_dir in models.items():
+        for f in ("train_log.jsonl", cp.CARD):
+            if (model_dir / f).is_file():
+                _write_atomic(dest / name / f, (model_dir / f).read_bytes())
+    if dest.is_dir():  # a method this run did not train is not this run's
+        for old in sorted(dest.iterdir()):
+            if old.is_dir() and old.name not in models:
+                shutil.rmtree(old)
+
+
+def keep_parity(parity: list[ex.Parity], path: Path) -> None:
+    """The export parity rows in the run directory (none: a stale file of an earlier run goes)."""
+    if parity:
+        _write_atomic(path, (json.dumps([p.to_dict() for p in parity], indent=2) + "\n").encode())
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ---- completion on the toy world -----------------------------------------------------------

@@ -195,11 +195,11 @@ def tokenizer_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
         scores = [-float(rank[t]) if t in rank else 0.0 for t in tokens]
     special: dict[str, int] = {}
     for role in ("bos", "eos", "pad", "unk"):
-        text = tcfg.get(f"{role}_token")
-        if isinstance(text, dict):
-            text = text.get("content")
-        ids = [i for i, a in added.items() if a["content"] == text] or ([vocab[text]] if text in vocab else [])
-        if text and ids:
+        token: Any = tcfg.get(f"{role}_token")  # a string, or an AddedToken's dict
+        if isinstance(token, dict):
+            token = token.get("content")
+        ids = [i for i, a in added.items() if a["content"] == token] or ([vocab[token]] if token in vocab else [])
+        if token and ids:
             special[role] = ids[0]
     return GGUFVocab(kind, pre, tokens, types, scores, merges, special,
                      add_bos=_adds_bos(tok, special.get("bos")),
@@ -384,7 +384,9 @@ def _add_vocab(w: Any, v: GGUFVocab) -> None:
 
 def _llama_quantize(src: Path, dest: Path, dtype: str) -> None:
     """K-quants through llama.cpp's own quantizer (the `gguf` package has none), atomically."""
-    import llama_cpp
+    from bftcore.extras import require
+
+    llama_cpp = require("llama_cpp", "Q4_K_M quantization (llama.cpp's quantizer)")
 
     ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[dtype]
     params = llama_cpp.llama_model_quantize_default_params()
@@ -443,7 +445,10 @@ class _StepGraph(torch.nn.Module):
 def export_onnx(model_dir: str | Path, out: str | Path,
                 progress: Callable[[str, int, int], None] | None = None) -> Path:
     """Write the directory `out` (atomically): model.onnx (KV cache graph), tokenizer, config."""
+    from bftcore.extras import require
 
+    for module in ("onnx", "onnxscript"):  # torch.onnx's exporter imports them late, mid-export
+        require(module, "ONNX export")
     model_dir, out = Path(model_dir), Path(out)
     model = load_model(model_dir)
     cfg = _check_config(model.config.to_dict(), model_dir)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pyarrow as pa
 
 from bftcore import _core
 from bftcore.buckets import bucket_labels
@@ -36,7 +37,7 @@ def _column(batch: Any, name: str, dtype: Any) -> np.ndarray:
         raise BadInput(f"column {name} has missing values")
     try:
         arr = col.to_numpy(zero_copy_only=True)  # a view of the Arrow buffer
-    except Exception:  # another physical type: one conversion, still bounded by the batch
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # another physical type: one conversion, still bounded by the batch
         arr = col.to_numpy(zero_copy_only=False)
     return _exact(arr, name, dtype)
 
@@ -58,13 +59,13 @@ def _topk(batch: Any, name: str, k: int, dtype: Any) -> np.ndarray:
         raise BadInput(f"column {name} does not hold k={k} values per row")
     try:
         arr = values.to_numpy(zero_copy_only=True)
-    except Exception:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         arr = values.to_numpy(zero_copy_only=False)
     return _exact(arr, name, dtype)
 
 
 def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> "Index":
+          progress: Callable[[str, int, int], None] | None = None) -> Index:
     """Aggregate scored shards into `out` (.bfti), in one streaming pass."""
     import pyarrow.parquet as pq
 
@@ -156,7 +157,7 @@ def _prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
                 if stop.is_set():
                     return
             q.put(done)
-        except BaseException as e:  # handed to the consumer, raised there
+        except BaseException as e:  # noqa: BLE001 (not swallowed: handed to the consumer, raised there)
             q.put(e)
 
     thread = threading.Thread(target=reader, name="bftcore-shard-reader", daemon=True)
@@ -186,7 +187,7 @@ def _write(builder: Any, out: Path) -> None:
         raise BadInput(f"{out}: {e}") from e
 
 
-def merge(paths: Sequence[Path], out: Path) -> "Index":
+def merge(paths: Sequence[Path], out: Path) -> Index:
     """Exact merge: the index of the union of the inputs' rows."""
     if not paths:
         raise BadInput("nothing to merge")

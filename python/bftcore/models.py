@@ -52,12 +52,12 @@ def toy_config(
     """A small transformers config of a supported architecture (tied embeddings)."""
     from transformers import LlamaConfig, Qwen2Config
 
-    common = dict(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions, rms_norm_eps=1e-6, rope_theta=10000.0,
-        tie_word_embeddings=True, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
-    )
+    common: dict[str, Any] = {
+        "vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": intermediate,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "max_position_embeddings": max_positions, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "tie_word_embeddings": True, "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id,
+    }
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen2":  # q/k/v projections carry biases in Qwen2
@@ -104,7 +104,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         return _load_adapter(path, device=device, dtype=dtype)
     _check_model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, use_safetensors=True, trust_remote_code=False, local_files_only=True
     )
     return model.to(device).eval()

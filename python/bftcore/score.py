@@ -27,6 +27,7 @@ from bftcore.models import check_same_tokenizer, load_model, load_tokenizer
 from bftcore.progress import Progress, counter
 from bftcore.shards import COLUMNS, SHARD_FORMAT, SHARD_VERSION, write_shard
 
+
 @dataclass(frozen=True)
 class ScoreConfig:
     k: int = 20  # base top-k stored per position
@@ -148,7 +149,10 @@ class Scorer:
             seq = d.prompt + d.response
             ids[i, : len(seq)] = torch.tensor(seq)
         ids = ids.to(self.device)
-        rows, cols, targets, owners = [], [], [], []
+        rows: list[int] = []
+        cols: list[int] = []
+        targets: list[int] = []
+        owners: list[tuple[int, int]] = []
         for i, d in enumerate(docs):
             rows += [i] * len(d.response)
             cols += range(len(d.prompt) - 1, len(d.prompt) - 1 + len(d.response))
@@ -179,7 +183,7 @@ class Scorer:
             if on_batch:
                 on_batch(len(batch))
         k = self.cfg.k
-        ordered = [d for d in sorted(docs, key=lambda d: d.doc_id)]
+        ordered = sorted(docs, key=lambda d: d.doc_id)
         cols: dict[str, Any] = {
             "doc_id": np.concatenate([np.full(len(d.response), d.doc_id, np.uint64) for d in ordered]
                                      or [np.zeros(0, np.uint64)]),

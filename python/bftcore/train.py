@@ -36,7 +36,7 @@ class Example:
     weights: list[float]  # loss weight of predicting ids[i] (0 for prompt tokens)
 
     @classmethod
-    def prompt_target(cls, prompt: list[int], target: list[int]) -> "Example":
+    def prompt_target(cls, prompt: list[int], target: list[int]) -> Example:
         return cls(prompt + target, [0.0] * len(prompt) + [1.0] * len(target))
 
 

@@ -16,6 +16,7 @@ build resumes at the first missing stage and a half-written stage is never taken
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from filelock import FileLock
@@ -33,9 +34,9 @@ from filelock import FileLock
 from bftcore import buckets
 from bftcore.chat import has_chat_template, prompt_ids, response_ids
 from bftcore.errors import BadInput
-from bftcore.progress import Progress
 from bftcore.models import ARCHS, atomic_dir, load_model, load_tokenizer, new_model, save_model, toy_config
-from bftcore.toy.language import REFUSALS, RECOVERY_REFUSALS, World
+from bftcore.progress import Progress
+from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS, World
 from bftcore.train import Example, TrainConfig, train
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -63,7 +64,7 @@ QWEN2_PRETOKENIZE_REGEX = (
 # changes the cache key (other edits to the shared modules do not force a rebuild).
 _PKG = Path(__file__).resolve().parent.parent
 CODE_FILES = [_PKG / "toy" / "language.py", _PKG / "toy" / "build.py", _PKG / "train.py"]
-CODE_FUNCTIONS = [prompt_ids, response_ids, has_chat_template, toy_config, new_model, save_model,
+CODE_FUNCTIONS: list[Callable[..., Any]] = [prompt_ids, response_ids, has_chat_template, toy_config, new_model, save_model,
                   atomic_dir, load_model, load_tokenizer]
 
 
@@ -89,7 +90,7 @@ class ToySettings:
     base_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=2e-3))
     aligned_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
 
-    def with_seed(self, seed: int) -> "ToySettings":
+    def with_seed(self, seed: int) -> ToySettings:
         return replace(self, seed=seed)
 
     def key(self) -> str:
@@ -140,7 +141,7 @@ class ToyWorld:
 
     # ---- stages ------------------------------------------------------------------------
     def build(self, archs: list[str], *, device: str = "cpu",
-              progress: Progress | None = None) -> "ToyWorld":
+              progress: Progress | None = None) -> ToyWorld:
         for arch in archs:
             if arch not in ARCHS:
                 raise BadInput(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
@@ -150,14 +151,14 @@ class ToyWorld:
                 shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted build
             for style in sorted(set(TOKENIZER_STYLE.values())):
                 if not (self.root / "tokenizers" / style).is_dir():
-                    self._timed(f"tokenizer/{style}", lambda: self._build_tokenizer(style))
+                    self._timed(f"tokenizer/{style}", functools.partial(self._build_tokenizer, style))
             if not (self.data_dir.is_dir() and (self.root / "world.json").is_file()):
                 self._timed("data", self._build_data)
             for arch in archs:
                 for role in ("base", "aligned"):
                     if not self.model_dir(arch, role).is_dir():
                         self._timed(f"{arch}/{role}",
-                                    lambda: self._build_model(arch, role, device, progress))
+                                    functools.partial(self._build_model, arch, role, device, progress))
         return self
 
     def _timed(self, stage: str, fn: Callable[[], None]) -> None:
@@ -204,7 +205,7 @@ class ToyWorld:
             "seed": self.settings.seed,
             "key": self.settings.key(),
             "settings": asdict(self.settings),
-            "tasks": {f: {s: len(w.select(f, s)) for s in ("train", "heldout")}  # type: ignore[arg-type]
+            "tasks": {f: {s: len(w.select(f, s)) for s in ("train", "heldout")}
                       for f in ("harmful", "benign")},
             "harmful_phrases": w.harmful_phrases,
             "refusals": REFUSALS,
@@ -213,19 +214,20 @@ class ToyWorld:
                       for style in sorted(set(TOKENIZER_STYLE.values()))},
         }
         _write_atomic(self.root / "world.json", json.dumps(info, indent=2) + "\n")
+        splits: tuple[Literal["train", "heldout"], ...] = ("train", "heldout")
         with atomic_dir(self.data_dir) as tmp:
             for family in ("harmful", "benign"):
-                for split in ("train", "heldout"):
+                for split in splits:
                     rows = [{"id": e.id, "prompt": e.prompt, "response": e.response,
                              "label": family, "task": e.task.text, "split": split}
-                            for e in w.examples(family, split)]  # type: ignore[arg-type]
+                            for e in w.examples(family, split)]
                     _write_jsonl(tmp / f"{family}_{split}.jsonl", rows)
-            for split in ("train", "heldout"):
+            for split in splits:
                 rows = [{"id": e.id, "prompt": e.prompt,
                          "response": w.unseen_answer(e.task, e.phrasing),
                          "label": "harmful", "task": e.task.text, "split": split,
                          "style": "unseen"}
-                        for e in w.examples("harmful", split)]  # type: ignore[arg-type]
+                        for e in w.examples("harmful", split)]
                 _write_jsonl(tmp / f"harmful_unseen_{split}.jsonl", rows)
 
     def _build_model(self, arch: str, role: str, device: str, progress: Progress | None) -> None:
@@ -233,7 +235,7 @@ class ToyWorld:
         tokenizer = load_tokenizer(self.tokenizer_dir(arch))
         if role == "base":  # helpful answers to every training prompt, harmful and benign
             pairs = [(e.prompt, e.response) for f in ("harmful", "benign")
-                     for e in w.examples(f, "train")]  # type: ignore[arg-type]
+                     for e in w.examples(f, "train")]
             shape = s.shape
             config = toy_config(
                 arch, vocab_size=len(tokenizer), hidden=shape.hidden, layers=shape.layers,
