@@ -10,6 +10,7 @@ __all__ = [
     "CoreError",
     "Index",
     "IndexBuilder",
+    "StateError",
     "__version__",
     "bucket_index",
     "bucket_of",
@@ -32,6 +33,7 @@ def token_bucket_counts(
 ) -> npt.NDArray[np.uint64]: ...
 
 class CoreError(ValueError): ...
+class StateError(RuntimeError): ...
 
 @final
 class IndexBuilder:

@@ -1,4 +1,4 @@
-//! The `.bfti` file (DESIGN.md §3): one versioned file, opened by mmap.
+//! The `.bfti` file (docs/formats.md, "The index (.bfti)"): one versioned file, opened by mmap.
 //!
 //! ```text
 //! 0   8  magic  b"\x89BFTI\r\n\x1a" (binary, and broken by text-mode copies)
@@ -15,13 +15,16 @@
 //! full disk leaves the previous index intact.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::Mmap;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::index::{Header, IndexData, LabelStats, BUCKET_SUMS, FORMAT, VERSION};
+use crate::query::{IndexQuery, LabelView};
 use crate::Error;
 
 #[cfg(target_endian = "big")]
@@ -31,33 +34,48 @@ pub const MAGIC: [u8; 8] = *b"\x89BFTI\r\n\x1a";
 const PREFIX: usize = 32;
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io(format!("{}: {e}", path.display()))
+    Error::io(path, &e)
 }
 
 fn label_bytes(buckets: usize, vocab: usize) -> usize {
     8 * (2 * buckets + BUCKET_SUMS.len() * buckets + 4 * buckets * vocab)
 }
 
+/// The temporary sibling a write fills first: `.NAME.tmp-PID-RANDOM`, the scheme of the Python
+/// package's `files.temp_path`, so its sweep of dead writers' leftovers finds these too, and two
+/// threads or processes never share one.
+pub fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let seed = format!("{}:{nanos}:{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let random = xxhash_rust::xxh3::xxh3_64(seed.as_bytes()) as u32;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.join(format!(".{name}.tmp-{}-{random:08x}", std::process::id()))
+}
+
 /// Write `index` to `path` atomically (temporary file, fsync, rename).
 pub fn write(index: &IndexData, path: &Path) -> Result<(), Error> {
+    write_via(index, path, &temp_path(path))
+}
+
+fn write_via(index: &IndexData, path: &Path, tmp: &Path) -> Result<(), Error> {
     let header = serde_json::to_vec(&index.header).map_err(|e| Error::Corrupt(e.to_string()))?;
     let padded = header.len().div_ceil(8) * 8;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> Result<(), Error> {
-        let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        let file = File::create(tmp).map_err(|e| io_err(tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let mut hasher = Xxh3::new();
         let mut put = |w: &mut BufWriter<File>, bytes: &[u8]| -> Result<(), Error> {
             hasher.update(bytes);
-            w.write_all(bytes).map_err(|e| io_err(&tmp, e))
+            w.write_all(bytes).map_err(|e| io_err(tmp, e))
         };
-        w.write_all(&MAGIC).map_err(|e| io_err(&tmp, e))?;
-        w.write_all(&VERSION.to_le_bytes()).map_err(|e| io_err(&tmp, e))?;
-        w.write_all(&0u32.to_le_bytes()).map_err(|e| io_err(&tmp, e))?;
-        w.write_all(&(padded as u64).to_le_bytes()).map_err(|e| io_err(&tmp, e))?;
-        w.write_all(&0u64.to_le_bytes()).map_err(|e| io_err(&tmp, e))?; // checksum, set below
+        w.write_all(&MAGIC).map_err(|e| io_err(tmp, e))?;
+        w.write_all(&VERSION.to_le_bytes()).map_err(|e| io_err(tmp, e))?;
+        w.write_all(&0u32.to_le_bytes()).map_err(|e| io_err(tmp, e))?;
+        w.write_all(&(padded as u64).to_le_bytes()).map_err(|e| io_err(tmp, e))?;
+        w.write_all(&0u64.to_le_bytes()).map_err(|e| io_err(tmp, e))?; // checksum, set below
         put(&mut w, &header)?;
         put(&mut w, &vec![b' '; padded - header.len()])?;
         for s in &index.stats {
@@ -69,18 +87,18 @@ pub fn write(index: &IndexData, path: &Path) -> Result<(), Error> {
             put(&mut w, bytemuck::cast_slice(&s.token_member))?;
             put(&mut w, bytemuck::cast_slice(&s.token_log_ratio))?;
         }
-        let mut file = w.into_inner().map_err(|e| io_err(&tmp, e.into_error()))?;
-        file.seek(SeekFrom::Start(24)).map_err(|e| io_err(&tmp, e))?;
-        file.write_all(&hasher.digest().to_le_bytes()).map_err(|e| io_err(&tmp, e))?;
-        file.sync_all().map_err(|e| io_err(&tmp, e))?;
+        let mut file = w.into_inner().map_err(|e| io_err(tmp, e.into_error()))?;
+        file.seek(SeekFrom::Start(24)).map_err(|e| io_err(tmp, e))?;
+        file.write_all(&hasher.digest().to_le_bytes()).map_err(|e| io_err(tmp, e))?;
+        file.sync_all().map_err(|e| io_err(tmp, e))?;
         Ok(())
     })();
     if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(tmp);
         return Err(e);
     }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+    fs::rename(tmp, path).map_err(|e| {
+        let _ = fs::remove_file(tmp);
         io_err(path, e)
     })?;
     if let Ok(d) = File::open(dir) {
@@ -98,7 +116,10 @@ pub struct MappedIndex {
 
 impl MappedIndex {
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let file = File::open(path).map_err(|e| io_err(path, e))?;
+        let mut file = File::open(path).map_err(|e| io_err(path, e))?;
+        // A directory opens on Unix, and mapping it fails with ENODEV ("no such device");
+        // reading it fails with EISDIR, which names the problem.
+        file.read(&mut [0u8; 8]).map_err(|e| io_err(path, e))?;
         // SAFETY: the map is read-only; a concurrent writer replaces the file by rename and
         // never rewrites it in place, so the mapped bytes do not change under us.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
@@ -111,9 +132,10 @@ impl MappedIndex {
         if bytes.is_empty() {
             return Err(Error::NotAnIndex("(bytes)".into()));
         }
-        let mut anon = memmap2::MmapMut::map_anon(bytes.len()).map_err(|e| Error::Io(e.to_string()))?;
+        let anonymous = Path::new("(anonymous map)");
+        let mut anon = memmap2::MmapMut::map_anon(bytes.len()).map_err(|e| io_err(anonymous, e))?;
         anon.copy_from_slice(bytes);
-        let map = anon.make_read_only().map_err(|e| Error::Io(e.to_string()))?;
+        let map = anon.make_read_only().map_err(|e| io_err(anonymous, e))?;
         Self::from_map(map, Path::new("(bytes)"))
     }
 
@@ -177,8 +199,33 @@ impl MappedIndex {
         bytemuck::cast_slice(&self.map[base..base + len * 8])
     }
 
-    /// Borrowed views of one label's arrays.
-    pub fn label(&self, i: usize) -> LabelView<'_> {
+    /// An owned copy (for merging).
+    pub fn to_data(&self) -> IndexData {
+        let stats = (0..self.header.labels.len())
+            .map(|i| {
+                let l = self.label_at(i);
+                LabelStats {
+                    bucket_count: l.bucket_count.to_vec(),
+                    bucket_bf_realised: l.bucket_bf_realised.to_vec(),
+                    bucket_sums: l.bucket_sums.to_vec(),
+                    token_occ: l.token_occ.to_vec(),
+                    token_bf: l.token_bf.to_vec(),
+                    token_member: l.token_member.to_vec(),
+                    token_log_ratio: l.token_log_ratio.to_vec(),
+                }
+            })
+            .collect();
+        IndexData { header: self.header.clone(), stats }
+    }
+}
+
+impl IndexQuery for MappedIndex {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Borrowed views of one label's arrays, read in place from the map.
+    fn label_at(&self, i: usize) -> LabelView<'_> {
         let (b, v) = (self.header.bucket_edges.len(), self.header.vocab_size);
         let mut o = 0;
         let mut next = |len: usize| {
@@ -198,45 +245,6 @@ impl MappedIndex {
             token_log_ratio: self.array(i, lr.0, lr.1),
         }
     }
-
-    /// An owned copy (for merging).
-    pub fn to_data(&self) -> IndexData {
-        let stats = (0..self.header.labels.len())
-            .map(|i| {
-                let l = self.label(i);
-                LabelStats {
-                    bucket_count: l.bucket_count.to_vec(),
-                    bucket_bf_realised: l.bucket_bf_realised.to_vec(),
-                    bucket_sums: l.bucket_sums.to_vec(),
-                    token_occ: l.token_occ.to_vec(),
-                    token_bf: l.token_bf.to_vec(),
-                    token_member: l.token_member.to_vec(),
-                    token_log_ratio: l.token_log_ratio.to_vec(),
-                }
-            })
-            .collect();
-        IndexData { header: self.header.clone(), stats }
-    }
-
-    /// Top-n tokens of one (label, bucket) by membership in B_t; ties by token id.
-    pub fn top_tokens(&self, label: usize, bucket: usize, n: usize) -> Vec<u32> {
-        let v = self.header.vocab_size;
-        let members = &self.label(label).token_member[bucket * v..(bucket + 1) * v];
-        let mut ids: Vec<u32> = (0..v as u32).filter(|&t| members[t as usize] > 0).collect();
-        ids.sort_by(|&a, &b| members[b as usize].cmp(&members[a as usize]).then(a.cmp(&b)));
-        ids.truncate(n);
-        ids
-    }
-}
-
-pub struct LabelView<'a> {
-    pub bucket_count: &'a [u64],
-    pub bucket_bf_realised: &'a [u64],
-    pub bucket_sums: &'a [f64],
-    pub token_occ: &'a [u64],
-    pub token_bf: &'a [u64],
-    pub token_member: &'a [u64],
-    pub token_log_ratio: &'a [f64],
 }
 
 /// Merge index files into one, written atomically.
@@ -252,7 +260,7 @@ pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<IndexData, Error> {
             })?,
         });
     }
-    let merged = acc.ok_or_else(|| Error::Io("nothing to merge".into()))?;
+    let merged = acc.ok_or(Error::NothingToMerge)?;
     write(&merged, out)?;
     Ok(merged)
 }
@@ -277,9 +285,48 @@ mod tests {
         write(&idx, &path).unwrap();
         let m = MappedIndex::open(&path).unwrap();
         assert_close(&m.to_data(), &idx);
-        assert!(m.top_tokens(0, 8, 5).len() <= 5);
+        // the mapped index answers every query exactly as the one in memory
+        for label in &idx.header.labels {
+            assert_eq!(m.bucket_table(label).unwrap(), idx.bucket_table(label).unwrap());
+            assert_eq!(m.top_tokens(label, 8, 5).unwrap(), idx.top_tokens(label, 8, 5).unwrap());
+            assert_eq!(m.token_histogram(label, 7).unwrap(), idx.token_histogram(label, 7).unwrap());
+        }
         // nothing left behind but the index
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// The OS's own error for the same path, to compare kinds and numbers with.
+    fn io_fields(e: &Error) -> (std::io::ErrorKind, Option<i32>) {
+        match e {
+            Error::Io { kind, errno, .. } => (*kind, *errno),
+            other => panic!("not an I/O error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_system_errors_keep_their_kind_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.bfti");
+        let err = MappedIndex::open(&missing).err().expect("must fail");
+        assert_eq!(io_fields(&err), (std::io::ErrorKind::NotFound, fs::read(&missing).unwrap_err().raw_os_error()));
+        assert!(err.to_string().contains("missing.bfti"), "{err}");
+
+        // a directory opens on Unix; reading it gives the error that names it
+        let err = MappedIndex::open(dir.path()).err().expect("must fail");
+        let want = fs::read(dir.path()).unwrap_err();
+        assert!(want.raw_os_error().is_some());
+        assert_eq!(io_fields(&err), (want.kind(), want.raw_os_error()));
+
+        // a path under a file: its parent is not a directory
+        let file = dir.path().join("plain");
+        fs::write(&file, b"x").unwrap();
+        let under = file.join("x.bfti");
+        let err = write(&sample(), &under).unwrap_err();
+        let want = File::create(file.join("y")).unwrap_err();
+        assert_eq!(io_fields(&err), (want.kind(), want.raw_os_error()));
+        assert_ne!(want.kind(), std::io::ErrorKind::NotFound);
+
+        assert_eq!(merge_files(&[], &dir.path().join("m.bfti")).unwrap_err(), Error::NothingToMerge);
     }
 
     #[test]
@@ -313,20 +360,26 @@ mod tests {
         write(&sample(), &path).unwrap();
         let before = fs::read(&path).unwrap();
         // a directory where the temporary file would go makes the write fail
-        let blocker = dir.path().join(format!(".x.bfti.tmp-{}", std::process::id()));
+        let blocker = temp_path(&path);
         fs::create_dir(&blocker).unwrap();
-        assert!(write(&sample(), &path).is_err());
+        assert!(write_via(&sample(), &path, &blocker).is_err());
         assert_eq!(fs::read(&path).unwrap(), before);
     }
 
     /// Every accessor on an index that opened: none may panic, whatever the bytes said.
     fn exercise(m: &MappedIndex) {
         let d = m.to_data();
-        for l in 0..d.header.labels.len() {
-            for b in 0..d.header.bucket_edges.len() {
-                let _ = m.top_tokens(l, b, 5);
+        let vocab = u32::try_from(d.header.vocab_size).unwrap_or(u32::MAX);
+        for label in &d.header.labels {
+            let _ = m.bucket_table(label);
+            for b in 0..=d.header.bucket_edges.len() {
+                let _ = m.top_tokens(label, b, 5);
+            }
+            for token in [0, vocab.saturating_sub(1), vocab] {
+                let _ = m.token_histogram(label, token);
             }
         }
+        let _ = m.top_tokens("no such label", 0, 5);
     }
 
     /// Rewrite the checksum so a mutation reaches the parser behind it.

@@ -1,6 +1,6 @@
 //! Position buckets: response position t (1-based) to a bucket index.
 //!
-//! The default edges are log2 buckets 1, 2, 3-4, 5-8, ..., 129-256, 257+ (METHOD.md),
+//! The default edges are log2 buckets 1, 2, 3-4, 5-8, ..., 129-256, 257+ (docs/method.md, "Notation"),
 //! i.e. bucket = min(ceil(log2 t), 9).
 
 use crate::Error;

@@ -1,9 +1,14 @@
-//! The base-favored-token index (METHOD.md §1 "The index"): corpus-level aggregates of scored
+//! The base-favored-token index (docs/method.md §1, "The index"): corpus-level aggregates of scored
 //! response tokens, per label and position bucket, built in one streaming pass.
 //!
 //! Memory is O(partials x labels x buckets x vocab), never O(rows). Each `add_batch` splits its
 //! rows into one contiguous range per partial state and fills the partials in parallel; `finish`
-//! merges them in a fixed order, so a build is deterministic for a given thread count.
+//! merges them in a fixed order, so a build is deterministic for a given thread count and budget.
+//!
+//! The partials are one per thread, but no more than fit a memory budget (`partial_count`): a
+//! 128k vocabulary has 40 MiB of tables per label and partial, and one partial per thread of a
+//! 64-thread machine would be gigabytes. A few partials keep the aggregation ahead of the Parquet
+//! decoding that feeds it (benches/RESULTS.md), so the cap costs little time.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -56,6 +61,13 @@ pub struct LabelStats {
 }
 
 impl LabelStats {
+    /// Bytes of one label's arrays (what `zeros` allocates); saturates rather than overflow.
+    pub fn bytes(buckets: usize, vocab: usize) -> usize {
+        let cells = buckets.saturating_mul(vocab);
+        let counts = (2 + BUCKET_SUMS.len()).saturating_mul(buckets).saturating_add(cells.saturating_mul(4));
+        counts.saturating_mul(8)
+    }
+
     pub fn zeros(buckets: usize, vocab: usize) -> Self {
         LabelStats {
             bucket_count: vec![0; buckets],
@@ -181,13 +193,52 @@ impl Batch<'_> {
     }
 }
 
+/// Default bound on the bytes of the builder's partial states, all of them together.
+pub const DEFAULT_PARTIALS_BUDGET: usize = 256 << 20;
+
+/// Environment variable that sets the partials budget, in MiB, of builders made from Python.
+pub const PARTIALS_BUDGET_ENV: &str = "BFTCORE_INDEX_MEMORY_MIB";
+
+/// The partials budget from `BFTCORE_INDEX_MEMORY_MIB`, or the default when it is unset.
+pub fn partials_budget_from_env() -> Result<usize, Error> {
+    let value = match std::env::var(PARTIALS_BUDGET_ENV) {
+        Err(std::env::VarError::NotPresent) => return Ok(DEFAULT_PARTIALS_BUDGET),
+        Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
+        Ok(v) => v,
+    };
+    value
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|mib| mib.checked_mul(1 << 20))
+        .ok_or_else(|| {
+            Error::BadArgument(format!("{PARTIALS_BUDGET_ENV}={value:?}: expected a whole number of MiB"))
+        })
+}
+
+/// How many partial states `add_batch` fills in parallel: one per thread, but no more than fit
+/// `budget` bytes with every label's tables, and at least one (the index itself needs one).
+pub fn partial_count(threads: usize, labels: usize, buckets: usize, vocab: usize, budget: usize) -> usize {
+    let per_partial = labels.max(1).saturating_mul(LabelStats::bytes(buckets, vocab));
+    (budget / per_partial.max(1)).clamp(1, threads.max(1))
+}
+
+/// The most bytes a builder's partial states hold for these sizes: what the budget bounds.
+/// Above the budget only when a single partial is (the index's own size).
+pub fn partials_bytes(threads: usize, labels: usize, buckets: usize, vocab: usize, budget: usize) -> usize {
+    let partials = partial_count(threads, labels, buckets, vocab, budget);
+    partials.saturating_mul(labels).saturating_mul(LabelStats::bytes(buckets, vocab))
+}
+
 /// Streaming builder: feed batches, then `finish`.
 pub struct IndexBuilder {
     header: Header,
     buckets: Buckets,
     labels: Vec<String>,
-    /// partials[p][label]
+    /// partials[p][label]; a partial holds tables only once it got rows.
     partials: Vec<Vec<LabelStats>>,
+    /// Bound on the bytes of all partials together (see `partial_count`).
+    partials_budget: usize,
 }
 
 impl IndexBuilder {
@@ -200,10 +251,10 @@ impl IndexBuilder {
         meta: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, Error> {
         if vocab_size == 0 {
-            return Err(Error::BadBatch("vocabulary size 0".into()));
+            return Err(Error::BadArgument("vocabulary size 0".into()));
         }
         if !tau.is_finite() {
-            return Err(Error::BadBatch("tau must be finite".into()));
+            return Err(Error::BadArgument("tau must be finite".into()));
         }
         let header = Header {
             format: FORMAT.into(),
@@ -217,12 +268,49 @@ impl IndexBuilder {
             meta,
             rows: 0,
         };
-        let partials = (0..rayon::current_num_threads().max(1)).map(|_| vec![]).collect();
-        Ok(IndexBuilder { header, buckets, labels: vec![], partials })
+        Ok(IndexBuilder {
+            header,
+            buckets,
+            labels: vec![],
+            partials: vec![],
+            partials_budget: DEFAULT_PARTIALS_BUDGET,
+        })
+    }
+
+    /// Bound the partial states to `bytes` together (`DEFAULT_PARTIALS_BUDGET` otherwise).
+    pub fn with_partials_budget(mut self, bytes: usize) -> Self {
+        self.partials_budget = bytes;
+        self
     }
 
     pub fn rows(&self) -> u64 {
         self.header.rows
+    }
+
+    /// Bytes the partial states hold now.
+    pub fn partials_bytes(&self) -> usize {
+        let per_label = LabelStats::bytes(self.buckets.len(), self.header.vocab_size);
+        self.partials.iter().map(|p| p.len() * per_label).sum()
+    }
+
+    /// Keep `count` partials (at least one): extra ones merge into the first, in order (exact
+    /// for counts, a fixed order for float sums); missing ones start empty.
+    fn set_partial_count(&mut self, count: usize) {
+        let count = count.max(1);
+        if self.partials.len() > count {
+            let extra = self.partials.split_off(count);
+            let first = &mut self.partials[0];
+            for partial in extra {
+                for (label, table) in partial.into_iter().enumerate() {
+                    // tables are filled for labels 0.. in order, so `first` has at least `label`
+                    match first.get_mut(label) {
+                        Some(acc) => acc.add(&table),
+                        None => first.push(table),
+                    }
+                }
+            }
+        }
+        self.partials.resize_with(count, Vec::new);
     }
 
     pub fn add_batch(&mut self, batch: &Batch) -> Result<(), Error> {
@@ -242,6 +330,9 @@ impl IndexBuilder {
         }
         let n_labels = self.labels.len();
         let nb = self.buckets.len();
+        // new labels can lower the count: the tables of every label must fit the budget
+        let threads = rayon::current_num_threads();
+        self.set_partial_count(partial_count(threads, n_labels, nb, vocab, self.partials_budget));
         let n = batch.len();
         let parts = self.partials.len();
         let per = n.div_ceil(parts).max(1);
@@ -290,17 +381,14 @@ impl IndexBuilder {
     }
 
     /// Merge the partial states (in a fixed order) into a finished index; labels sorted by name.
-    pub fn finish(self) -> IndexData {
+    /// The first partial becomes the index: no further copy of the tables.
+    pub fn finish(mut self) -> IndexData {
         let nb = self.buckets.len();
         let vocab = self.header.vocab_size;
-        let mut total: Vec<LabelStats> = (0..self.labels.len())
-            .map(|_| LabelStats::zeros(nb, vocab))
-            .collect();
-        for partial in &self.partials {
-            for (acc, part) in total.iter_mut().zip(partial) {
-                acc.add(part);
-            }
-        }
+        self.set_partial_count(1);
+        let mut total = self.partials.pop().unwrap_or_default();
+        // labels named in a batch without any of its rows have no tables yet
+        total.resize_with(self.labels.len(), || LabelStats::zeros(nb, vocab));
         let mut order: Vec<usize> = (0..self.labels.len()).collect();
         order.sort_by(|&a, &b| self.labels[a].cmp(&self.labels[b]));
         let mut header = self.header;
@@ -605,5 +693,116 @@ pub(crate) mod tests {
         assert_eq!(idx.header.rows, 7);
         let bf: u64 = idx.stats.iter().map(|s| s.bucket_bf_realised.iter().sum::<u64>()).sum();
         assert_eq!(bf, 0, "with no stored top-k, no token is base-favored");
+    }
+
+    /// Run `f` in a pool of `threads` threads, whatever the machine has.
+    fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    }
+
+    #[test]
+    fn partials_fit_the_budget_for_a_128k_vocabulary_on_64_threads() {
+        let (threads, buckets, vocab) = (64, 10, 128_000);
+        let per_label = LabelStats::bytes(buckets, vocab); // 41 MB
+        for labels in 1..=16 {
+            let capped = partials_bytes(threads, labels, buckets, vocab, DEFAULT_PARTIALS_BUDGET);
+            // the budget, or one partial where that alone is over it (7 labels and up here)
+            let bound = DEFAULT_PARTIALS_BUDGET.max(labels * per_label);
+            assert!(capped <= bound, "{labels} labels: {capped} bytes");
+        }
+        assert!(partials_bytes(threads, 2, buckets, vocab, DEFAULT_PARTIALS_BUDGET) <= DEFAULT_PARTIALS_BUDGET);
+        assert_eq!(partial_count(threads, 2, buckets, vocab, DEFAULT_PARTIALS_BUDGET), 3);
+        // one partial per thread, as before the cap: 64 x 2 labels x 41 MB, over 5 GB
+        let uncapped = partials_bytes(threads, 2, buckets, vocab, usize::MAX);
+        assert_eq!(uncapped, 64 * 2 * per_label);
+        assert!(uncapped > 5_000_000_000);
+        // a small vocabulary keeps one partial per thread
+        assert_eq!(partial_count(threads, 2, buckets, 1000, DEFAULT_PARTIALS_BUDGET), 64);
+    }
+
+    #[test]
+    fn one_partial_when_even_one_is_over_the_budget() {
+        // the index itself must exist: one partial of all labels, however large
+        let (labels, buckets, vocab) = (20, 10, 1 << 20);
+        assert_eq!(partial_count(64, labels, buckets, vocab, DEFAULT_PARTIALS_BUDGET), 1);
+        assert_eq!(
+            partials_bytes(64, labels, buckets, vocab, DEFAULT_PARTIALS_BUDGET),
+            labels * LabelStats::bytes(buckets, vocab)
+        );
+        assert_eq!(partial_count(64, 2, 10, 100, 0), 1);
+        assert_eq!(partial_count(0, 0, 10, 100, usize::MAX), 1);
+        assert_eq!(LabelStats::bytes(usize::MAX, usize::MAX), usize::MAX, "saturates, never wraps");
+    }
+
+    /// `o` with a third label on every fifth row.
+    fn with_third_label(mut o: Owned) -> Owned {
+        o.label_names.push("x".into());
+        for code in o.label_codes.iter_mut().step_by(5) {
+            *code = 2;
+        }
+        o
+    }
+
+    #[test]
+    fn builder_holds_no_more_than_its_budget() {
+        let (vocab, k) = (50, 3);
+        let per_label = LabelStats::bytes(Buckets::default().len(), vocab);
+        // room for 3 partials of 2 labels; 2 partials once a third label arrives
+        let budget = 6 * per_label;
+        with_threads(8, || {
+            let mut b = builder(vocab, k).with_partials_budget(budget);
+            b.add_batch(&random(4000, k, vocab as u32, 21).batch()).unwrap();
+            assert_eq!(b.partials.len(), 3);
+            assert_eq!(b.partials_bytes(), budget);
+            b.add_batch(&with_third_label(random(4000, k, vocab as u32, 22)).batch()).unwrap();
+            assert_eq!(b.partials.len(), 2);
+            assert!(b.partials_bytes() <= budget, "{} > {budget}", b.partials_bytes());
+            let mut unbounded = builder(vocab, k);
+            unbounded.add_batch(&random(4000, k, vocab as u32, 21).batch()).unwrap();
+            assert_eq!(unbounded.partials.len(), 8, "one partial per thread without a tight budget");
+        });
+    }
+
+    #[test]
+    fn capped_build_equals_uncapped_build() {
+        let (vocab, k) = (40, 4);
+        let first = random(5000, k, vocab as u32, 31);
+        let second = with_third_label(random(3000, k, vocab as u32, 32));
+        let build = |budget: usize| {
+            with_threads(8, || {
+                let mut b = builder(vocab, k).with_partials_budget(budget);
+                b.add_batch(&first.slice(0, 2000, k).batch()).unwrap();
+                b.add_batch(&second.batch()).unwrap();
+                b.add_batch(&first.slice(2000, 5000, k).batch()).unwrap();
+                b.finish()
+            })
+        };
+        let per_label = LabelStats::bytes(Buckets::default().len(), vocab);
+        let uncapped = build(usize::MAX);
+        for budget in [0, 3 * per_label, 8 * per_label] {
+            assert_close(&build(budget), &uncapped);
+        }
+        // one partial adds in row order: the single-threaded reference, float sums too
+        let single = build(0);
+        let reference = with_threads(1, || {
+            let mut b = builder(vocab, k);
+            b.add_batch(&first.slice(0, 2000, k).batch()).unwrap();
+            b.add_batch(&second.batch()).unwrap();
+            b.add_batch(&first.slice(2000, 5000, k).batch()).unwrap();
+            b.finish()
+        });
+        assert_eq!(single, reference);
+    }
+
+    #[test]
+    fn partials_budget_from_the_environment() {
+        // the only test that sets the variable, so no other test sees it change
+        std::env::remove_var(PARTIALS_BUDGET_ENV);
+        assert_eq!(partials_budget_from_env(), Ok(DEFAULT_PARTIALS_BUDGET));
+        std::env::set_var(PARTIALS_BUDGET_ENV, " 64 ");
+        assert_eq!(partials_budget_from_env(), Ok(64 << 20));
+        std::env::set_var(PARTIALS_BUDGET_ENV, "lots");
+        assert!(matches!(partials_budget_from_env(), Err(Error::BadArgument(_))));
+        std::env::remove_var(PARTIALS_BUDGET_ENV);
     }
 }

@@ -10,8 +10,10 @@ mod error;
 pub mod index;
 #[cfg(feature = "python")]
 mod python;
+pub mod query;
 
 pub use buckets::{Buckets, DEFAULT_BUCKET_EDGES};
 pub use counts::TokenBucketCounts;
 pub use error::Error;
 pub use index::{Batch, Header, IndexBuilder, IndexData, LabelStats};
+pub use query::{BucketTable, IndexQuery, LabelView, TokenHistogram, TopToken};

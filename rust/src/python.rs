@@ -1,23 +1,31 @@
-//! PyO3 bindings (the `python` feature): a thin layer that converts arguments,
-//! releases the GIL for the work, and maps core errors to ValueError.
+//! PyO3 bindings (the `python` feature): a thin layer that converts arguments and answers,
+//! releases the GIL for the work, and maps core errors to Python exceptions (`to_py_err`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::bfti::{self, MappedIndex};
-use crate::{Batch, Buckets, Error, IndexBuilder, TokenBucketCounts, DEFAULT_BUCKET_EDGES};
+use crate::index::partials_budget_from_env;
+use crate::{Batch, Buckets, Error, IndexBuilder, IndexQuery, TokenBucketCounts, DEFAULT_BUCKET_EDGES};
 
 pyo3::create_exception!(
     _core,
     CoreError,
     PyValueError,
-    "Bad input to the Rust core: a bad batch, or an unreadable, damaged or incompatible index."
+    "Bad input to the Rust core: a bad batch, or a damaged or incompatible index."
+);
+
+pyo3::create_exception!(
+    _core,
+    StateError,
+    PyRuntimeError,
+    "A call the object's state does not allow: an IndexBuilder used after write()."
 );
 
 /// The rayon pool the bindings run parallel work in, one per process. Rayon's global pool does
@@ -53,14 +61,29 @@ fn parallel<T: Send, F: FnOnce() -> T + Send>(py: Python<'_>, f: F) -> T {
     py.detach(|| pool().install(f))
 }
 
-fn value_error(e: Error) -> PyErr {
-    CoreError::new_err(e.to_string())
+/// File system errors become the OSError subclass of their kind (FileNotFoundError,
+/// PermissionError, IsADirectoryError, ...) with errno and filename set; misuse becomes
+/// StateError; bad data becomes CoreError.
+fn to_py_err(e: Error) -> PyErr {
+    match e {
+        Error::Io { path, errno: Some(errno), message, .. } => {
+            // OSError(errno, strerror, filename), as Python's own I/O raises it: Python picks the
+            // subclass from errno, and str() shows "[Errno N] message: 'path'".
+            PyOSError::new_err((errno, message, path.into_os_string()))
+        }
+        Error::Io { path, kind, errno: None, message } => {
+            // no OS error number: PyO3 picks the subclass from the kind
+            PyErr::from(std::io::Error::new(kind, format!("{}: {message}", path.display())))
+        }
+        Error::State(_) => StateError::new_err(e.to_string()),
+        other => CoreError::new_err(other.to_string()),
+    }
 }
 
 fn buckets_from(edges: Option<Vec<u32>>) -> PyResult<Buckets> {
     match edges {
         None => Ok(Buckets::default()),
-        Some(e) => Buckets::new(e).map_err(value_error),
+        Some(e) => Buckets::new(e).map_err(to_py_err),
     }
 }
 
@@ -93,7 +116,7 @@ fn bucket_index<'py>(
             })
             .collect::<Result<Vec<u32>, Error>>()
     });
-    Ok(out.map_err(value_error)?.into_pyarray(py))
+    Ok(out.map_err(to_py_err)?.into_pyarray(py))
 }
 
 /// Occurrences of each token per position bucket: a (buckets, vocab_size) uint64 array.
@@ -109,11 +132,20 @@ fn token_bucket_counts<'py>(
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
     let b = buckets_from(edges)?;
     let (toks, pos) = (tokens.as_slice()?, positions.as_slice()?);
-    let counts = parallel(py, || TokenBucketCounts::from_rows(toks, pos, vocab_size, &b)).map_err(value_error)?;
+    let counts = parallel(py, || TokenBucketCounts::from_rows(toks, pos, vocab_size, &b)).map_err(to_py_err)?;
     let shape = (counts.buckets().len(), counts.vocab());
     let table = Array2::from_shape_vec(shape, counts.into_vec())
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(table.into_pyarray(py))
+}
+
+fn spent(call: &str) -> Error {
+    // write() takes the tables out whether or not the file system then takes the file
+    Error::State(format!("IndexBuilder.{call}: write() was already called on this builder; make a new one"))
+}
+
+fn poisoned() -> Error {
+    Error::State("IndexBuilder: an earlier call on this builder panicked; make a new one".into())
 }
 
 /// Streaming builder of a base-favored-token index: `add_batch` scored rows, then `write`.
@@ -138,8 +170,10 @@ impl PyIndexBuilder {
     ) -> PyResult<Self> {
         let meta = serde_json::from_str(meta_json)
             .map_err(|e| PyValueError::new_err(format!("meta_json: {e}")))?;
+        let budget = partials_budget_from_env().map_err(to_py_err)?;
         let b = IndexBuilder::new(vocab_size, buckets_from(edges)?, k, tau, tokenizer_hash, meta)
-            .map_err(value_error)?;
+            .map_err(to_py_err)?
+            .with_partials_budget(budget);
         Ok(PyIndexBuilder { inner: Mutex::new(Some(b)) })
     }
 
@@ -176,11 +210,11 @@ impl PyIndexBuilder {
             topk_lp_aligned: topk_lp_aligned.as_slice()?,
         };
         parallel(py, || {
-            let mut guard = self.inner.lock().map_err(|_| Error::BadBatch("poisoned".into()))?;
-            let builder = guard.as_mut().ok_or_else(|| Error::BadBatch("already written".into()))?;
+            let mut guard = self.inner.lock().map_err(|_| poisoned())?;
+            let builder = guard.as_mut().ok_or_else(|| spent("add_batch"))?;
             builder.add_batch(&batch)
         })
-        .map_err(value_error)
+        .map_err(to_py_err)
     }
 
     /// Response tokens added so far.
@@ -192,17 +226,12 @@ impl PyIndexBuilder {
     /// Merge the partial states and write the index atomically; the builder is spent after.
     fn write(&self, py: Python<'_>, path: PathBuf) -> PyResult<String> {
         parallel(py, || {
-            let builder = self
-                .inner
-                .lock()
-                .map_err(|_| Error::BadBatch("poisoned".into()))?
-                .take()
-                .ok_or_else(|| Error::BadBatch("already written".into()))?;
+            let builder = self.inner.lock().map_err(|_| poisoned())?.take().ok_or_else(|| spent("write"))?;
             let data = builder.finish();
             bfti::write(&data, &path)?;
             serde_json::to_string(&data.header).map_err(|e| Error::Corrupt(e.to_string()))
         })
-        .map_err(value_error)
+        .map_err(to_py_err)
     }
 }
 
@@ -212,22 +241,11 @@ struct PyIndex {
     inner: MappedIndex,
 }
 
-impl PyIndex {
-    fn label_id(&self, label: &str) -> PyResult<usize> {
-        self.inner.header.labels.iter().position(|l| l == label).ok_or_else(|| {
-            CoreError::new_err(format!(
-                "no label {label:?} in the index (labels: {})",
-                self.inner.header.labels.join(", ")
-            ))
-        })
-    }
-}
-
 #[pymethods]
 impl PyIndex {
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = parallel(py, || MappedIndex::open(&path)).map_err(value_error)?;
+        let inner = parallel(py, || MappedIndex::open(&path)).map_err(to_py_err)?;
         Ok(PyIndex { inner })
     }
 
@@ -240,21 +258,18 @@ impl PyIndex {
     /// One label's per-bucket aggregates: count, bf_realised (uint64 [B]) and sums (float64 [B, 4]:
     /// kl, bf_mass, retain, log_ratio).
     fn bucket_table<'py>(&self, py: Python<'py>, label: &str) -> PyResult<Bound<'py, PyDict>> {
-        let l = self.inner.label(self.label_id(label)?);
-        let nb = l.bucket_count.len();
+        let t = self.inner.bucket_table(label).map_err(to_py_err)?;
         let d = PyDict::new(py);
-        d.set_item("count", l.bucket_count.to_vec().into_pyarray(py))?;
-        d.set_item("bf_realised", l.bucket_bf_realised.to_vec().into_pyarray(py))?;
-        let sums = Array2::from_shape_vec((nb, 4), l.bucket_sums.to_vec())
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        d.set_item("sums", sums.into_pyarray(py))?;
+        d.set_item("count", t.count.into_pyarray(py))?;
+        d.set_item("bf_realised", t.bf_realised.into_pyarray(py))?;
+        d.set_item("sums", Array2::from(t.sums).into_pyarray(py))?;
         Ok(d)
     }
 
     /// Copies of every array of one label: bucket_count, bucket_bf_realised [B], bucket_sums
     /// [B, 4], token_occ, token_bf, token_member, token_log_ratio [B, V].
     fn arrays<'py>(&self, py: Python<'py>, label: &str) -> PyResult<Bound<'py, PyDict>> {
-        let l = self.inner.label(self.label_id(label)?);
+        let l = self.inner.label(label).map_err(to_py_err)?;
         let (nb, v) = (l.bucket_count.len(), self.inner.header.vocab_size);
         let shape_err = |e: numpy::ndarray::ShapeError| PyValueError::new_err(e.to_string());
         let d = PyDict::new(py);
@@ -268,7 +283,8 @@ impl PyIndex {
         Ok(d)
     }
 
-    /// Top-n base-favored tokens of one (label, bucket), by membership count in B_t.
+    /// Top-n base-favored tokens of one (label, bucket), by membership count in B_t: token,
+    /// member, occ, bf, log_ratio_sum, one array each.
     fn top_tokens<'py>(
         &self,
         py: Python<'py>,
@@ -276,22 +292,14 @@ impl PyIndex {
         bucket: usize,
         n: usize,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let li = self.label_id(label)?;
-        if bucket >= self.inner.header.bucket_edges.len() {
-            return Err(CoreError::new_err(format!("no bucket {bucket}")));
-        }
-        let ids = parallel(py, || self.inner.top_tokens(li, bucket, n));
-        let l = self.inner.label(li);
-        let cell = |t: &u32| bucket * self.inner.header.vocab_size + *t as usize;
+        let top = parallel(py, || self.inner.top_tokens(label, bucket, n)).map_err(to_py_err)?;
+        let column = |f: fn(&crate::TopToken) -> u64| top.iter().map(f).collect::<Vec<u64>>();
         let d = PyDict::new(py);
-        d.set_item("member", ids.iter().map(|t| l.token_member[cell(t)]).collect::<Vec<_>>().into_pyarray(py))?;
-        d.set_item("occ", ids.iter().map(|t| l.token_occ[cell(t)]).collect::<Vec<_>>().into_pyarray(py))?;
-        d.set_item("bf", ids.iter().map(|t| l.token_bf[cell(t)]).collect::<Vec<_>>().into_pyarray(py))?;
-        d.set_item(
-            "log_ratio_sum",
-            ids.iter().map(|t| l.token_log_ratio[cell(t)]).collect::<Vec<_>>().into_pyarray(py),
-        )?;
-        d.set_item("token", ids.into_pyarray(py))?;
+        d.set_item("token", top.iter().map(|t| t.token).collect::<Vec<u32>>().into_pyarray(py))?;
+        d.set_item("member", column(|t| t.member).into_pyarray(py))?;
+        d.set_item("occ", column(|t| t.occ).into_pyarray(py))?;
+        d.set_item("bf", column(|t| t.bf).into_pyarray(py))?;
+        d.set_item("log_ratio_sum", top.iter().map(|t| t.log_ratio_sum).collect::<Vec<f64>>().into_pyarray(py))?;
         Ok(d)
     }
 
@@ -302,19 +310,12 @@ impl PyIndex {
         label: &str,
         token: u32,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let v = self.inner.header.vocab_size;
-        if token as usize >= v {
-            return Err(CoreError::new_err(format!("token id {token} is outside the vocabulary of {v}")));
-        }
-        let l = self.inner.label(self.label_id(label)?);
-        let nb = l.bucket_count.len();
-        let col = |a: &[u64]| (0..nb).map(|b| a[b * v + token as usize]).collect::<Vec<u64>>();
+        let h = self.inner.token_histogram(label, token).map_err(to_py_err)?;
         let d = PyDict::new(py);
-        d.set_item("occ", col(l.token_occ).into_pyarray(py))?;
-        d.set_item("bf", col(l.token_bf).into_pyarray(py))?;
-        d.set_item("member", col(l.token_member).into_pyarray(py))?;
-        let lr: Vec<f64> = (0..nb).map(|b| l.token_log_ratio[b * v + token as usize]).collect();
-        d.set_item("log_ratio_sum", lr.into_pyarray(py))?;
+        d.set_item("occ", h.occ.into_pyarray(py))?;
+        d.set_item("bf", h.bf.into_pyarray(py))?;
+        d.set_item("member", h.member.into_pyarray(py))?;
+        d.set_item("log_ratio_sum", h.log_ratio_sum.into_pyarray(py))?;
         Ok(d)
     }
 }
@@ -326,12 +327,13 @@ fn merge_indexes(py: Python<'_>, paths: Vec<PathBuf>, out: PathBuf) -> PyResult<
         let merged = bfti::merge_files(&paths, &out)?;
         serde_json::to_string(&merged.header).map_err(|e| Error::Corrupt(e.to_string()))
     })
-    .map_err(value_error)
+    .map_err(to_py_err)
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CoreError", m.py().get_type::<CoreError>())?;
+    m.add("StateError", m.py().get_type::<StateError>())?;
     m.add_class::<PyIndexBuilder>()?;
     m.add_class::<PyIndex>()?;
     m.add_function(wrap_pyfunction!(merge_indexes, m)?)?;
