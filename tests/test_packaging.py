@@ -1,12 +1,15 @@
-"""The shipped artifacts: `make wheel` gives an abi3 wheel and an sdist; the wheel installs into a
-fresh virtual environment where no Rust toolchain is on PATH and its `bftcore` indexes scored
+"""The shipped artifacts: `make wheel` gives an abi3 wheel and an sdist; the wheel is portable (tagged
+manylinux2014 = manylinux_2_17, and its extension really needs no glibc symbol newer than 2.17); it installs
+into a fresh virtual environment where no Rust toolchain is on PATH and its `bftcore` indexes scored
 shards exactly as the development install does; the sdist builds; the version has one source;
 the extras and the onnxruntime-builds guard."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +23,8 @@ from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+# `make wheel` links with zig against glibc 2.17: the wheel installs on every Linux with glibc >= 2.17
+PORTABLE_TAGS = {"manylinux2014_x86_64", "manylinux_2_17_x86_64"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +61,52 @@ def test_make_wheel_gives_one_abi3_wheel_with_the_core_stubs_and_extras(dist: Pa
     assert "onnxruntime-gpu" in meta and "extra == 'gpu'" in meta
 
 
+def _platform_tags(wheel: Path) -> set[str]:
+    """The platform tags in the file name (maturin writes a compressed set: `a.b`), which pip reads."""
+    prefix = f"bftcore-{VERSION}-cp311-abi3-"
+    assert wheel.name.startswith(prefix) and wheel.name.endswith(".whl"), wheel.name
+    return set(wheel.name[len(prefix):-len(".whl")].split("."))
+
+
+def _glibc_of_tag(tag: str) -> tuple[int, int]:
+    legacy = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+    m = re.fullmatch(r"manylinux_(\d+)_(\d+)_x86_64", tag)
+    if m:
+        return int(m[1]), int(m[2])
+    return legacy[tag.removesuffix("_x86_64")]
+
+
+def _glibc_versions_needed(so: Path) -> dict[tuple[int, ...], list[str]]:
+    """GLIBC symbol versions the extension imports (`objdump -T`), each with its symbols."""
+    objdump = shutil.which("objdump")
+    assert objdump, "objdump (binutils) not found"
+    out = subprocess.run([objdump, "-T", str(so)], capture_output=True, text=True, check=True).stdout
+    needed: dict[tuple[int, ...], list[str]] = {}
+    for line in out.splitlines():
+        m = re.search(r"\bGLIBC_(\d+(?:\.\d+)+)\)?\s+(\S+)$", line)
+        if m and "*UND*" in line:
+            needed.setdefault(tuple(int(x) for x in m[1].split(".")), []).append(m[2])
+    return needed
+
+
+def test_the_wheel_is_portable_and_its_tag_is_true(dist: Path, tmp_path: Path) -> None:
+    """manylinux2014 (= manylinux_2_17) in the name pip reads and in the WHEEL file, and no GLIBC symbol
+    version newer than the tag's in the extension: the tag's claim, not only the file name."""
+    wheel = _wheel(dist)
+    tags = _platform_tags(wheel)
+    assert tags == PORTABLE_TAGS, wheel.name
+    with zipfile.ZipFile(wheel) as z:
+        wheel_meta = z.read(f"bftcore-{VERSION}.dist-info/WHEEL").decode()
+        so = Path(z.extract("bftcore/_core.abi3.so", tmp_path))
+    assert {line.split("-")[-1] for line in wheel_meta.splitlines() if line.startswith("Tag:")} == PORTABLE_TAGS
+    limit = min(_glibc_of_tag(t) for t in tags)
+    assert limit == (2, 17)
+    needed = _glibc_versions_needed(so)
+    assert needed, "no GLIBC symbol versions read from the extension"
+    newest = max(needed)
+    assert newest <= limit, f"needs GLIBC_{'.'.join(map(str, newest))} ({', '.join(sorted(needed[newest])[:5])}) > tag's {limit}"
+
+
 @pytest.fixture(scope="module")
 def venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with the wheel installed. It sees the machine's packages (torch is
@@ -66,6 +117,13 @@ def venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     r = subprocess.run([sys.executable, "-m", "pip", "--python", str(root / "bin" / "python"), "install",
                         "--no-index", "--quiet", str(_wheel(dist))], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    # the portable wheel itself is what got installed: its extension byte for byte, its tags
+    site = next((root / "lib").glob("python3.*/site-packages"))
+    with zipfile.ZipFile(_wheel(dist)) as z:
+        shipped = hashlib.sha256(z.read("bftcore/_core.abi3.so")).hexdigest()
+    assert hashlib.sha256((site / "bftcore" / "_core.abi3.so").read_bytes()).hexdigest() == shipped
+    installed = (site / f"bftcore-{VERSION}.dist-info" / "WHEEL").read_text()
+    assert {line.split("-")[-1] for line in installed.splitlines() if line.startswith("Tag:")} == PORTABLE_TAGS
     return root
 
 
