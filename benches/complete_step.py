@@ -56,8 +56,9 @@ def child(variant: str, size: str, steps: int, lora: bool) -> dict:
     baseline = _rss_mib()
     from bftcore import complete as cp
     from bftcore.demo import DEMO_COMPLETE, completion_inputs
-    from bftcore.models import load_model, load_tokenizer, new_model, toy_config
+    from bftcore.models import load_model, load_tokenizer
     from bftcore.toy import toy_world
+    from bftcore.toy.models import new_model, toy_config
 
     tw = toy_world(0).build(["llama"])
     tok = load_tokenizer(tw.tokenizer_dir("llama"))

@@ -28,9 +28,10 @@ import torch
 
 from bftcore import complete as cp
 from bftcore.demo import DEMO_COMPLETE, completion_inputs
-from bftcore.models import load_tokenizer, new_model, toy_config
+from bftcore.models import load_tokenizer
 from bftcore.score import Doc, ScoreConfig, Scorer
 from bftcore.toy import toy_world
+from bftcore.toy.models import new_model, toy_config
 
 PRESETS: dict[str, dict[str, int]] = {
     "1b": {"hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "intermediate": 8192, "vocab": 128256},

@@ -3,7 +3,7 @@
 Usage: python benches/index_build.py SHARD_DIR [--engines rust,read,numpy,polars-streaming,polars-eager]
 
 Each engine runs in a fresh process over the same shards and computes the same aggregates
-(METHOD.md §1 "The index"): per (label, bucket) counts and sums, per (label, bucket, token)
+(docs/method.md §1, "The index"): per (label, bucket) counts and sums, per (label, bucket, token)
 occurrences, realised base-favored counts and log-ratio sums, and memberships in B_t. `read` is the
 plain read of the same columns as numpy arrays: the limit that the reading itself sets.
 Prints rows/s, the best seconds of --repeat runs and peak RSS per engine, and ratios against the
@@ -27,7 +27,7 @@ def run_engine(engine: str, shard_dir: Path) -> dict[str, float]:
 
     from bftcore import _reference
     from bftcore import index as bfti
-    from bftcore.shards import shard_meta, shard_paths
+    from bftcore.shards import index_batches, shard_meta, shard_paths
 
     shards = shard_paths(shard_dir)
     k = int(shard_meta(shards[0])["k"])
@@ -38,13 +38,13 @@ def run_engine(engine: str, shard_dir: Path) -> dict[str, float]:
     if engine == "rust":
         bfti.build(shards, shard_dir.with_suffix(".bench.bfti"))
     elif engine == "read":  # the same reader and conversions as bftcore.index.build, no aggregation
-        for _ in bfti._batches(shards, k):
+        for _ in index_batches(shards, k):
             pass
     elif engine == "numpy":
         names = ("token", "pos", "lp_base", "lp_aligned", "kl", "bf_mass", "retain")
 
         def as_dicts():
-            for _, args in bfti._batches(shards, k):
+            for _, args in index_batches(shards, k):
                 d = dict(zip(names, args[:7]))
                 d["label"] = np.asarray(args[8])[args[7]]
                 for c, a in zip(("topk_token", "topk_lp_base", "topk_lp_aligned"), args[9:]):

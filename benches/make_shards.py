@@ -1,4 +1,4 @@
-"""Synthetic scored shards for the index benchmarks (the schema of DESIGN.md §2, bftcore metadata).
+"""Synthetic scored shards for the index benchmarks (the schema of docs/formats.md "Scored shards", bftcore metadata).
 
 Usage: python benches/make_shards.py --rows 10000000 --out /tmp/shards-1e7 [--k 20] [--vocab 32000]
 

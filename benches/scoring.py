@@ -18,9 +18,10 @@ import torch
 
 from bftcore.chat import prompt_ids, response_ids
 from bftcore.corpus import read_corpus
-from bftcore.models import load_model, load_tokenizer, new_model
+from bftcore.models import load_model, load_tokenizer
 from bftcore.score import Doc, ScoreConfig, Scorer, shard_stats
 from bftcore.toy import toy_world
+from bftcore.toy.models import new_model
 
 
 @torch.no_grad()

@@ -39,10 +39,19 @@ def test_every_shared_file_reads(name: str) -> None:
 
 def test_shared_directory_reads_whole() -> None:
     records, report = read_corpus([DATA])
-    assert len(report.files) == 8  # the HarmBench targets are read through the behaviors
-    assert report.duplicates == 404
+    # every corpus file, but the HarmBench targets: they are read through the behaviors
+    corpus_files = sorted(p for p in DATA.rglob("*") if p.suffix in (".csv", ".json", ".jsonl")
+                          and p.name != "harmbench_targets_text.json")
+    assert sorted(map(Path, report.files)) == corpus_files
+    assert report.duplicates >= 404  # HarmBench's all/test/val splits overlap
     harmbench = [r for r in records if "harmbench" in r.source]
     assert len(harmbench) == 400 and all(r.response for r in harmbench)
+
+
+def test_xstest_reads_as_prompts_with_their_safe_or_unsafe_label() -> None:
+    records, _ = read_corpus([DATA / "xstest/xstest_prompts.csv"])
+    assert len(records) == 450 and {r.label for r in records} == {"safe", "unsafe"}
+    assert sum(r.label == "safe" for r in records) == 250 and not any(r.response for r in records)
 
 
 def test_derta_prompt_is_the_instruction() -> None:

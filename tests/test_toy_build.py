@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +16,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bftcore.toy import ModelShape, ToySettings, toy_world
-from bftcore.toy import build as toy_build
 from bftcore.train import TrainConfig
-from conftest import run_cli, tree_bytes
+from conftest import tree_bytes
 
 # A small world for tests of the machinery itself (seconds, not minutes).
 TINY = ToySettings(
@@ -25,14 +27,13 @@ TINY = ToySettings(
 
 
 def test_default_build_is_deterministic(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Two builds of seed 0 (one in the cache, one by the CLI elsewhere): the same bytes."""
-    out = tmp_path / "again"
-    r = run_cli("toy", "build", "--arch", "llama", "--out", str(out), "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["root"] == str(out)
-    for part in ("tokenizers", "data", "llama/base", "llama/aligned"):
-        assert tree_bytes(out / part) == tree_bytes(toy.root / part), part
-    assert (out / "world.json").read_bytes() == (toy.root / "world.json").read_bytes()
+    """The default world's tokenizers and data built again elsewhere: the same bytes as the cache's.
+    (Its models are trained by the same code as the tiny builds below, whose weights are compared
+    byte for byte; training the default models twice would cost minutes.)"""
+    again = toy_world(0, tmp_path / "again").build([])
+    for part in ("tokenizers", "data"):
+        assert tree_bytes(again.root / part) == tree_bytes(toy.root / part), part
+    assert (again.root / "world.json").read_bytes() == (toy.root / "world.json").read_bytes()
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -97,17 +98,41 @@ def test_tokenizer_styles_differ_only_in_pre_tokenization(toy) -> None:  # type:
     assert [t["content"] for t in gpt2["added_tokens"]] == [t["content"] for t in qwen2["added_tokens"]]
 
 
-def test_cache_key_follows_settings_and_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_key_follows_settings_versions_and_libraries_never_source_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bftcore import cache
+
     base = ToySettings()
     assert base.key() == ToySettings().key()
     assert base.key() != replace(base, vocab_size=2048).key()
     assert base.key() != replace(base, base_train=TrainConfig(epochs=5, lr=2e-3)).key()
-    code = tmp_path / "gen.py"
-    code.write_text("x = 1\n")
-    monkeypatch.setattr(toy_build, "CODE_FILES", [*toy_build.CODE_FILES, code])
     before = base.key()
-    code.write_text("x = 2\n")
-    assert base.key() != before
+    monkeypatch.setitem(cache.VERSIONS, "toy-world", cache.VERSIONS["toy-world"] + 1)
+    assert base.key() != before  # a behaviour change bumps the number
+    monkeypatch.setitem(cache.VERSIONS, "toy-world", cache.VERSIONS["toy-world"] - 1)
+    assert base.key() == before
+    monkeypatch.setattr(cache, "library_versions", lambda names: dict.fromkeys(names, "0.0-other"))
+    assert base.key() != before  # another torch, transformers or tokenizers
+
+
+def test_a_comment_edit_rebuilds_nothing(tmp_path: Path) -> None:
+    """The key reads no source: a copy of the package whose every module has one more comment line
+    computes the same toy-world key (in a fresh interpreter)."""
+    import bftcore
+
+    src = Path(bftcore.__file__).parent
+    copy = tmp_path / "bftcore"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in copy.rglob("*.py"):
+        f.write_text(f.read_text() + "\n# an edit that changes nothing\n")
+    probe = "from bftcore.toy import ToySettings; import bftcore; print(bftcore.__file__, ToySettings().key())"
+    keys = {}
+    for root in (src.parent, tmp_path):
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(root)}, cwd="/")
+        assert r.returncode == 0, r.stderr
+        where, keys[root] = r.stdout.split()
+        assert Path(where).parent.parent == root
+    assert keys[src.parent] == keys[tmp_path] == ToySettings().key()
 
 
 def test_cache_location_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,10 +145,15 @@ def test_interrupted_build_resumes_to_the_same_bytes(tmp_path: Path) -> None:
     tw = toy_world(1, tmp_path / "w", TINY).build(["llama"])
     want = tree_bytes(tw.root / "llama")
     shutil.rmtree(tw.model_dir("llama", "aligned"))
-    stale = tw.root / "llama" / ".aligned.tmp-dead"  # what a killed build leaves behind
+    pid = subprocess.Popen(["true"])  # a process that has exited: its pid names no live writer
+    pid.wait()
+    stale = tw.root / "llama" / f".aligned.tmp-{pid.pid}-0badf00d"  # what a killed build leaves behind
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
+    live = tw.root / "llama" / f".base.tmp-{os.getpid()}-0badf00d"  # a live writer's: it stays
+    live.mkdir()
     assert not tw.is_built("llama")
     tw.build(["llama"])
-    assert not stale.exists()
+    assert not stale.exists() and live.exists()
+    live.rmdir()
     assert tree_bytes(tw.root / "llama") == want

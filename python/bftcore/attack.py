@@ -1,4 +1,4 @@
-"""The attack suite (METHOD.md §3): every attack written against the generator interface, so the
+"""The attack suite (docs/method.md §3): every attack written against the generator interface, so the
 same code attacks a PyTorch model, an ONNX graph or a GGUF file.
 
     direct            the request through the chat template, greedy
@@ -295,11 +295,9 @@ def markdown_table(rows: Sequence[RateRow], measures: Sequence[dict[str, Any]] =
 
 def plot_asr_vs_k(rows: Sequence[RateRow], path: Path) -> None:
     """ASR against the prefill length k, one line (with its interval) per model and attack."""
-    import matplotlib
+    from bftcore.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     series: dict[tuple[str, str], list[RateRow]] = {}
     for r in rows:
         if r.k is not None and r.metric == "asr":
@@ -318,10 +316,7 @@ def plot_asr_vs_k(rows: Sequence[RateRow], path: Path) -> None:
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def write_results(result: AttackResult, out: Path) -> None:
@@ -329,14 +324,16 @@ def write_results(result: AttackResult, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out.mkdir(parents=True, exist_ok=True)
+    from bftcore.files import atomic_file, atomic_write, atomic_write_json
+
     rows = [r.to_dict() for r in result.rows]
-    table = pa.Table.from_pylist(rows) if rows else pa.table({})
-    pq.write_table(table, out / "results.parquet")
     samples = [asdict(s) for s in result.samples]
-    pq.write_table(pa.Table.from_pylist(samples) if samples else pa.table({}), out / "samples.parquet")
-    (out / "results.md").write_text(markdown_table(result.rows, result.measures))
-    (out / "measures.json").write_text(json.dumps(result.measures, indent=2) + "\n")
+    for name, table in (("results.parquet", pa.Table.from_pylist(rows) if rows else pa.table({})),
+                        ("samples.parquet", pa.Table.from_pylist(samples) if samples else pa.table({}))):
+        with atomic_file(out / name) as tmp:
+            pq.write_table(table, tmp)
+    atomic_write(out / "results.md", markdown_table(result.rows, result.measures))
+    atomic_write_json(out / "measures.json", result.measures)
     plot_asr_vs_k(result.rows, out / "asr_vs_k.png")
 
 

@@ -252,6 +252,8 @@ def _csv_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
         kind = "advbench-strings"
     elif "Behavior" in columns:
         kind = "harmbench"
+    elif "prompt" in columns or "response" in columns:  # e.g. XSTest: prompt, label (safe/unsafe)
+        kind = "csv"
     else:
         raise BadInput(f"{path}: cannot tell the CSV layout from its columns {columns}; "
                        "use --prompt-column/--response-column")

@@ -4,8 +4,8 @@
     merge(paths, out)             exact merge of partial indexes (multi-GPU, multi-machine)
     Index(path)                   mmap-opened index: curves(), top_tokens(), token_histogram()
 
-Shards are read a record batch at a time; each column goes to the core as a numpy view of the
-Arrow buffer (no copy), and the core counts with the GIL released.
+Shards are decoded a record batch at a time (`shards.index_batches`: numpy views of the Arrow
+buffers, no copy) in a reader thread, while the core counts with the GIL released.
 """
 
 from __future__ import annotations
@@ -17,58 +17,17 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-import pyarrow as pa
-
 from bftcore import _core
 from bftcore.buckets import bucket_labels
 from bftcore.errors import BadInput
-from bftcore.shards import open_shard, shard_meta, verify_checksum
+from bftcore.shards import count_rows, index_batches, shard_meta, verify_checksum
 
-READ_BATCH = 1 << 16  # rows per record batch: bounds memory, whatever the corpus size
-INDEX_COLUMNS = ["token", "pos", "lp_base", "lp_aligned", "kl", "bf_mass", "retain", "label",
-                 "topk_token", "topk_lp_base", "topk_lp_aligned"]  # all but doc_id
 BUCKET_FIELDS = ["count", "kl_sum", "bf_mass_sum", "retain_sum", "bf_realised", "log_ratio_sum"]
-
-
-def _column(batch: Any, name: str, dtype: Any) -> np.ndarray:
-    col = batch.column(name)
-    if col.null_count:
-        raise BadInput(f"column {name} has missing values")
-    try:
-        arr = col.to_numpy(zero_copy_only=True)  # a view of the Arrow buffer
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # another physical type: one conversion, still bounded by the batch
-        arr = col.to_numpy(zero_copy_only=False)
-    return _exact(arr, name, dtype)
-
-
-def _exact(arr: np.ndarray, name: str, dtype: Any) -> np.ndarray:
-    """The column as `dtype` when that loses nothing (float32 from float64 aside), else BadInput:
-    a shard whose schema says int32 where a scored shard has uint32 is damaged, not convertible."""
-    if arr.dtype == dtype:
-        return arr
-    if np.dtype(dtype).kind == "f" and arr.dtype.kind == "f":
-        return np.ascontiguousarray(arr, dtype=dtype)
-    raise BadInput(f"column {name} holds {arr.dtype}, a scored shard holds {np.dtype(dtype)} (damaged?)")
-
-
-def _topk(batch: Any, name: str, k: int, dtype: Any) -> np.ndarray:
-    col = batch.column(name)
-    values = col.flatten()
-    if len(values) != k * batch.num_rows:
-        raise BadInput(f"column {name} does not hold k={k} values per row")
-    try:
-        arr = values.to_numpy(zero_copy_only=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        arr = values.to_numpy(zero_copy_only=False)
-    return _exact(arr, name, dtype)
 
 
 def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> Index:
     """Aggregate scored shards into `out` (.bfti), in one streaming pass."""
-    import pyarrow.parquet as pq
-
     if not shards:
         raise BadInput("no scored shards to index")
     for p in shards:
@@ -85,13 +44,8 @@ def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = No
             "created_by": f"bftcore {_core.__version__}"}
     builder = _core.IndexBuilder(vocab, k, float(first["tau"]), first["tokenizer_hash"],
                                  json.dumps(meta), None if edges is None else list(edges))
-    total = 0
-    for p in shards:
-        try:
-            total += pq.ParquetFile(p).metadata.num_rows
-        except (OSError, ValueError) as e:
-            raise BadInput(f"{p}: unreadable ({e})") from e
-    for path, args in _prefetch(_batches(shards, k)):
+    total = count_rows(shards)
+    for path, args in _prefetch(index_batches(shards, k)):
         try:
             builder.add_batch(*args)
         except (_core.CoreError, TypeError) as e:  # TypeError: an array of another dtype
@@ -100,39 +54,6 @@ def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = No
             progress("indexing", builder.rows, total)
     _write(builder, out)
     return Index(out)
-
-
-def _batches(shards: Sequence[Path], k: int) -> Iterator[tuple[Path, tuple[Any, ...]]]:
-    """The arguments of `IndexBuilder.add_batch` for every record batch of every shard."""
-    import pyarrow.compute as pc
-
-    for path in shards:
-        try:
-            # no pre-buffering (it reads whole files ahead, 3x slower here and memory-hungry);
-            # page checksums verified
-            pf = open_shard(path)
-            for rb in pf.iter_batches(batch_size=READ_BATCH, columns=INDEX_COLUMNS):
-                labels = pc.dictionary_encode(rb.column("label"))
-                if labels.null_count:
-                    raise BadInput(f"{path}: column label has missing values")
-                if len(labels.dictionary) > 65535:
-                    raise BadInput(f"{path}: more than 65535 distinct labels")
-                codes = labels.indices.to_numpy(zero_copy_only=False).astype(np.uint16)
-                yield path, (
-                    _column(rb, "token", np.uint32), _column(rb, "pos", np.uint32),
-                    _column(rb, "lp_base", np.float32), _column(rb, "lp_aligned", np.float32),
-                    _column(rb, "kl", np.float32), _column(rb, "bf_mass", np.float32),
-                    _column(rb, "retain", np.float32), codes,
-                    [str(x) for x in labels.dictionary.to_pylist()],
-                    _topk(rb, "topk_token", k, np.uint32), _topk(rb, "topk_lp_base", k, np.float32),
-                    _topk(rb, "topk_lp_aligned", k, np.float32),
-                )
-        except BadInput as e:
-            raise BadInput(f"{path}: {e}") if not str(e).startswith(str(path)) else e from e
-        except KeyError as e:
-            raise BadInput(f"{path}: missing column {e}") from e
-        except (OSError, ValueError, TypeError) as e:  # pyarrow's IO and format errors
-            raise BadInput(f"{path}: unreadable ({e})") from e
 
 
 T = TypeVar("T")
@@ -185,6 +106,8 @@ def _write(builder: Any, out: Path) -> None:
         builder.write(str(out))
     except _core.CoreError as e:
         raise BadInput(f"{out}: {e}") from e
+    except OSError as e:  # the core keeps the kind: disk full, permission denied, ...
+        raise BadInput(f"{out}: cannot write the index ({e.strerror or e})") from e
 
 
 def merge(paths: Sequence[Path], out: Path) -> Index:
@@ -195,6 +118,8 @@ def merge(paths: Sequence[Path], out: Path) -> Index:
         _core.merge_indexes([str(p) for p in paths], str(out))
     except _core.CoreError as e:
         raise BadInput(str(e)) from e
+    except OSError as e:
+        raise BadInput(f"{e.filename or out}: {e.strerror or e}") from e
     return Index(out)
 
 
@@ -210,7 +135,7 @@ class Index:
         except _core.CoreError as e:
             raise BadInput(f"{self.path}: {e}") from e
         except OSError as e:
-            raise BadInput(f"{self.path}: {e}") from e
+            raise BadInput(f"{self.path}: {e.strerror or e}") from e
         self.header: dict[str, Any] = json.loads(self._core.header_json)
 
     @property
@@ -221,7 +146,8 @@ class Index:
     def edges(self) -> list[int]:
         return list(self.header["bucket_edges"])
 
-    def _label(self, label: str | None) -> str:
+    def resolve_label(self, label: str | None = None) -> str:
+        """`label` when the index has it (else BadInput); None: harmful if present, else the first."""
         if label is None:
             return "harmful" if "harmful" in self.labels else self.labels[0]
         if label not in self.labels:
@@ -256,7 +182,7 @@ class Index:
         """The n tokens most often base-favored (in B_t) at positions of `bucket`."""
         import polars as pl
 
-        label = self._label(label)
+        label = self.resolve_label(label)
         if not 0 <= bucket < len(self.edges):
             raise BadInput(f"no bucket {bucket} (buckets 0-{len(self.edges) - 1})")
         t = self._core.top_tokens(label, bucket, n)
@@ -272,7 +198,7 @@ class Index:
         """One token's counts per position bucket."""
         import polars as pl
 
-        label = self._label(label)
+        label = self.resolve_label(label)
         if not 0 <= token < int(self.header["vocab_size"]):
             raise BadInput(f"token id {token} is outside the vocabulary of {self.header['vocab_size']}")
         t = self._core.token_histogram(label, token)
@@ -282,19 +208,21 @@ class Index:
             "base_favored": t["member"].tolist(), "log_ratio_sum": t["log_ratio_sum"].tolist(),
         })
 
-    def to_json(self, *, top: int = 10, tokenizer: Any = None, bucket: int | None = None) -> dict[str, Any]:
-        """The stable `inspect --json` object: header, buckets, top_tokens."""
+    def to_json(self, *, top: int = 10, tokenizer: Any = None, bucket: int | None = None,
+                label: str | None = None) -> dict[str, Any]:
+        """The stable `inspect --json` object: header, buckets, and the top tokens of `label`
+        (default: harmful, else the first label) in `bucket` (default: every bucket)."""
         curves = self.curves()
         buckets = [{k: r[k] for k in ("label", "bucket", "lo", "hi", *BUCKET_FIELDS)}
                    for r in curves.iter_rows(named=True)]
-        label = self._label(None)
-        chosen = [bucket] if bucket is not None else range(len(self.edges))
         top_tokens = []
-        for b in chosen:
-            df = self.top_tokens(b, top, label, tokenizer)
-            top_tokens.append({"label": label, "bucket": b, "tokens": [
-                {"token": r["token"], "text": r["text"], "base_favored": r["base_favored"]}
-                for r in df.iter_rows(named=True)]})
+        if self.labels:  # an index of no tokens has none
+            label = self.resolve_label(label)
+            for b in [bucket] if bucket is not None else range(len(self.edges)):
+                df = self.top_tokens(b, top, label, tokenizer)
+                top_tokens.append({"label": label, "bucket": b, "tokens": [
+                    {"token": r["token"], "text": r["text"], "base_favored": r["base_favored"]}
+                    for r in df.iter_rows(named=True)]})
         return {"header": self.header, "buckets": buckets, "top_tokens": top_tokens}
 
 
@@ -306,11 +234,9 @@ def _decode(tokenizer: Any, token: int) -> str | None:
 
 def plot_signal_decay(index: Index, path: Path) -> None:
     """KL, retention R_t, M_t and base-favored rate per position bucket, per label (log x axis)."""
-    import matplotlib
+    from bftcore.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     curves = index.curves()
     panels = [("mean_kl", "KL(π_a ‖ π_b) [nats]", True), ("mean_retain", "retention R_t", False),
               ("mean_bf_mass", "M_t (aligned mass on B_t)", False),
@@ -330,7 +256,4 @@ def plot_signal_decay(index: Index, path: Path) -> None:
     axes[0].legend()
     fig.suptitle(f"signal decay: {Path(index.header['meta'].get('aligned', '')).name} vs "
                  f"{Path(index.header['meta'].get('base', '')).name}, {index.header['rows']} tokens")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

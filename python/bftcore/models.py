@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bftcore.cache import cache_root, stage_key
 from bftcore.errors import BadInput
+from bftcore.files import atomic_dir, tree_digest
 
-ARCHS = ("llama", "qwen2")
 # Set by `bftcore --allow-pickle`: pickle-only model directories are converted to safetensors once
 # (torch's weights-only unpickler), and the copy is what every stage loads.
 ALLOW_PICKLE = False
@@ -33,45 +30,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput("--device cuda was asked for, but no CUDA GPU is available")
     return device
-
-
-def toy_config(
-    arch: str,
-    *,
-    vocab_size: int,
-    hidden: int,
-    layers: int,
-    intermediate: int,
-    heads: int,
-    kv_heads: int,
-    max_positions: int,
-    bos_id: int,
-    eos_id: int,
-    pad_id: int,
-) -> Any:
-    """A small transformers config of a supported architecture (tied embeddings)."""
-    from transformers import LlamaConfig, Qwen2Config
-
-    common: dict[str, Any] = {
-        "vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": intermediate,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "max_position_embeddings": max_positions, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": True, "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id,
-    }
-    if arch == "llama":
-        return LlamaConfig(**common)
-    if arch == "qwen2":  # q/k/v projections carry biases in Qwen2
-        return Qwen2Config(**common, use_sliding_window=False)
-    raise BadInput(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
-
-
-def new_model(config: Any, seed: int) -> Any:
-    """A freshly initialised causal LM, deterministic for the seed."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return model.eval()
 
 
 def _check_model_dir(path: Path) -> None:
@@ -161,27 +119,6 @@ def check_same_tokenizer(base: Any, aligned: Any) -> str:
     return ha
 
 
-@contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `dest`; on success it replaces `dest` in one rename.
-
-    A crash leaves `dest` as it was (absent or complete), never half-written.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary dir
-    try:
-        yield tmp
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_model(model: Any, tokenizer_dir: Path, dest: Path, extra: dict[str, str] | None = None) -> None:
     """Write an ordinary model directory (safetensors, config, tokenizer files) atomically."""
     with atomic_dir(dest) as tmp:
@@ -202,14 +139,8 @@ def resolve_model(path: str | Path) -> Path:
     pickles = sorted([*path.glob("*.bin"), *path.glob("*.pt")])
     if not pickles or not ALLOW_PICKLE or not (path / "config.json").is_file():
         return path  # load_model says why it will not load it
-    from bftcore.toy.build import cache_root
-
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    dest = cache_root() / "converted" / f"{path.name}-{h.hexdigest()[:16]}"
+    files = sorted(f for f in path.iterdir() if f.is_file())
+    dest = cache_root() / "converted" / f"{path.name}-{stage_key('converted', tree_digest(files))}"
     if (dest / "config.json").is_file():
         return dest
     from transformers import AutoModelForCausalLM

@@ -23,7 +23,6 @@ import base64
 import html
 import json
 import math
-import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 
 from bftcore import __version__
 from bftcore.errors import BadInput
+from bftcore.files import atomic_write
 from bftcore.stats import RateRow, wilson
 
 ATTACK_COLUMNS = ("model", "arch", "attack", "k", "metric", "x", "n")
@@ -113,22 +113,11 @@ def build_report(run_dir: Path, out: Path, title: str | None = None) -> ReportSu
         ]
     text = page.render(found, [s for s in sections if s])
     data = text.encode("utf-8")
-    _write_atomic(out, data)
+    atomic_write(out, data)  # a reader (a browser reloading the page) never sees half a page
     return ReportSummary(out=out, indexes=len(found.indexes), attack_tables=len(found.attacks),
                          attack_rows=page.attack_rows, training_runs=len(found.training),
                          parity_tables=len(found.parity), plots=plots.count, tables=page.tables,
                          bytes=len(data))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """A reader (a browser reloading the page) never sees half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- HTML pieces ----------------------------------------------------------------------------
@@ -368,12 +357,9 @@ def read_training_run(path: Path, run_dir: Path) -> TrainingRun:
 
 def plot_losses(runs: Sequence[TrainingRun], path: Path) -> None:
     """Training loss against the step, one line per run."""
-    import matplotlib
+    from bftcore.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.2, 4.2 + 0.11 * len(runs)), constrained_layout=True)
+    fig, ax = pyplot().subplots(figsize=(7.2, 4.2 + 0.11 * len(runs)), constrained_layout=True)
     for run in runs:
         ax.plot(run.steps, run.loss, linewidth=1.2, label=f"{run.name} ({run.method})")
     if all(v > 0 for run in runs for v in run.loss):  # losses fall by orders of magnitude
@@ -382,8 +368,7 @@ def plot_losses(runs: Sequence[TrainingRun], path: Path) -> None:
     ax.set_ylabel("training loss (sum of the method's terms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _training_section(paths: list[Path], page: _Page, plots: _Plots) -> str:

@@ -1,8 +1,8 @@
 """Scoring: both models teacher-forced over the same batches; only token statistics leave the device.
 
-For every response token y_t (METHOD.md §1): lp_base, lp_aligned, the full-vocabulary
+For every response token y_t (docs/method.md §1): lp_base, lp_aligned, the full-vocabulary
 KL(pi_a || pi_b), the base model's top-k with both models' log-probs, M_t (aligned mass on the
-base-favored set B_t) and the retention R_t. Written as Parquet shards (DESIGN.md §2), one per
+base-favored set B_t) and the retention R_t. Written as Parquet shards (docs/formats.md, "Scored shards"), one per
 `shard_size` documents, each written to a temporary file and renamed: a rerun skips finished shards.
 """
 
@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from bftcore.chat import has_chat_template, prompt_ids, response_ids
 from bftcore.corpus import Record
 from bftcore.errors import BadInput
-from bftcore.generate import Decoding, TorchGenerator
-from bftcore.models import check_same_tokenizer, load_model, load_tokenizer
+from bftcore.files import atomic_write_json
 from bftcore.progress import Progress, counter
+
+if TYPE_CHECKING:  # torch loads when scoring runs: `bftcore index shards/` never imports it
+    import torch
+
+    from bftcore.generate import TorchGenerator
 from bftcore.shards import COLUMNS, SHARD_FORMAT, SHARD_VERSION, write_shard
 
 
@@ -67,6 +69,8 @@ class ScoreSummary:
 def shard_stats(logits_b: torch.Tensor, logits_a: torch.Tensor, targets: torch.Tensor,
                 k: int, tau: float) -> dict[str, torch.Tensor]:
     """Per-position statistics from both models' logits ([N, V] each) and the realised tokens."""
+    import torch
+
     lpb = torch.log_softmax(logits_b.float(), dim=-1)
     lpa = torch.log_softmax(logits_a.float(), dim=-1)
     t = targets[:, None]
@@ -137,9 +141,16 @@ class Scorer:
                 out.append([d])
         return out
 
-    @torch.no_grad()
     def score_batch(self, docs: Sequence[Doc]) -> dict[int, dict[str, np.ndarray]]:
         """Statistics of every response token of every doc, keyed by doc_id."""
+        import torch
+
+        with torch.no_grad():
+            return self._score_batch(docs)
+
+    def _score_batch(self, docs: Sequence[Doc]) -> dict[int, dict[str, np.ndarray]]:
+        import torch
+
         # Right padding needs no attention mask: under the causal mask a real token never sees
         # the padding after it, and positions count from 0 in every row. Without a mask the
         # attention kernels take their fast causal path.
@@ -220,12 +231,6 @@ def model_id(path: str | Path) -> str:
     return str(p.resolve()) if p.exists() else str(path)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def score_corpus(
     records: Sequence[Record],
     base: str | Path,
@@ -244,6 +249,11 @@ def score_corpus(
         raise BadInput(f"{out}: exists and is not a directory")
     if cfg.k < 1:
         raise BadInput("k must be at least 1")
+    import torch
+
+    from bftcore.generate import TorchGenerator
+    from bftcore.models import check_same_tokenizer, load_model, load_tokenizer
+
     tok_base, tokenizer = load_tokenizer(base), load_tokenizer(aligned)
     tok_hash = check_same_tokenizer(tok_base, tokenizer)
     n_shards = max(1, -(-len(records) // cfg.shard_size))
@@ -276,7 +286,7 @@ def score_corpus(
     context = cfg.max_length or getattr(m_aligned.config, "max_position_embeddings", None) or 4096
     manifest["vocab_size"] = int(vocab)
     if rank == 0:
-        _write_json_atomic(manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scorer = Scorer(m_base, m_aligned, pad_id=pad, cfg=cfg)
     generator = TorchGenerator(m_base, tokenizer)
@@ -320,6 +330,8 @@ def _prepare(chunk: list[tuple[int, Record]], tokenizer: Any, generator: TorchGe
             start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
             ids = [start]
         prompts[doc_id] = ids
+    from bftcore.generate import Decoding
+
     missing = [doc_id for doc_id, r in chunk if r.response is None]
     generated: dict[int, list[int]] = {}
     if missing and cfg.generate_missing:

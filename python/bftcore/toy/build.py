@@ -1,6 +1,7 @@
 """Building the toy world on disk: data files, tokenizer, base and aligned models per architecture.
 
-Layout of a built world (the cache keeps one per seed and generator hash):
+Layout of a built world (the cache keeps one per seed and key: settings, library versions and
+the toy world's version number):
 
     world.json            settings, cache key, harmful phrases, statistics
     data/*.jsonl          prompt/response/label corpora (train, held-out, unseen style)
@@ -17,11 +18,7 @@ build resumes at the first missing stage and a half-written stage is never taken
 from __future__ import annotations
 
 import functools
-import hashlib
-import inspect
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -32,12 +29,15 @@ import numpy as np
 from filelock import FileLock
 
 from bftcore import buckets
-from bftcore.chat import has_chat_template, prompt_ids, response_ids
+from bftcore.cache import cache_root, stage_key
+from bftcore.chat import prompt_ids, response_ids
 from bftcore.errors import BadInput
-from bftcore.models import ARCHS, atomic_dir, load_model, load_tokenizer, new_model, save_model, toy_config
+from bftcore.files import atomic_dir, atomic_write, atomic_write_json, sweep_temps
+from bftcore.models import load_model, load_tokenizer, save_model
 from bftcore.progress import Progress
 from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS, World
-from bftcore.train import Example, TrainConfig, train
+from bftcore.toy.models import ARCHS, new_model, toy_config
+from bftcore.train import TrainConfig, TrainingSequence, train
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 PAD, BOS, EOS = SPECIAL_TOKENS[:3]
@@ -59,14 +59,6 @@ QWEN2_PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-
-# The generator's own code: a change to any of these files, or to the shared functions it calls,
-# changes the cache key (other edits to the shared modules do not force a rebuild).
-_PKG = Path(__file__).resolve().parent.parent
-CODE_FILES = [_PKG / "toy" / "language.py", _PKG / "toy" / "build.py", _PKG / "train.py"]
-CODE_FUNCTIONS: list[Callable[..., Any]] = [prompt_ids, response_ids, has_chat_template, toy_config, new_model, save_model,
-                  atomic_dir, load_model, load_tokenizer]
-
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -94,18 +86,9 @@ class ToySettings:
         return replace(self, seed=seed)
 
     def key(self) -> str:
-        """Hash of the generator's code and these settings: the cache key beside the seed."""
-        h = hashlib.sha256()
-        for f in CODE_FILES:
-            h.update(f.read_bytes())
-        for fn in CODE_FUNCTIONS:
-            h.update(inspect.getsource(fn).encode())
-        h.update(json.dumps(asdict(self), sort_keys=True).encode())
-        return h.hexdigest()[:12]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("BFTCORE_CACHE", "~/.cache/bftcore")).expanduser()
+        """The cache key: these settings, the library versions and the toy world's version
+        (`cache.VERSIONS["toy-world"]`, bumped when the generator's behaviour changes)."""
+        return stage_key("toy-world", asdict(self), length=12)
 
 
 def default_root(settings: ToySettings) -> Path:
@@ -135,28 +118,48 @@ class ToyWorld:
     def info(self) -> dict[str, Any]:
         return json.loads((self.root / "world.json").read_text())
 
+    def summary(self, archs: list[str]) -> dict[str, Any]:
+        """What `toy build --json` and `demo --json` say about the world."""
+        info = self.info()
+        return {"root": str(self.root), "seed": info["seed"], "key": info["key"], "line": self.describe(),
+                "tasks": info["tasks"],
+                "stats": info["stats"], "data": str(self.data_dir),
+                "models": {a: {r: str(self.model_dir(a, r)) for r in ("base", "aligned")} for a in archs}}
+
+    def describe(self) -> str:
+        """One line: the seed and key, the tasks, answer lengths, harmful-only tokens, the path."""
+        info = self.info()
+        st, t = info["stats"]["gpt2"], info["tasks"]
+        return (f"toy world seed {info['seed']} ({info['key']}): "
+                f"{t['harmful']['train'] + t['harmful']['heldout']} harmful and "
+                f"{t['benign']['train'] + t['benign']['heldout']} benign tasks "
+                f"({t['harmful']['heldout']} + {t['benign']['heldout']} held out), "
+                f"answers {st['harmful']['length_min']}-{st['harmful']['length_max']} tokens, "
+                f"{st['harmful_only_tokens']} harmful-only tokens; at {self.root}")
+
     def is_built(self, arch: str) -> bool:
         return all(p.is_dir() for p in (self.tokenizer_dir(arch), self.data_dir,
                                         self.model_dir(arch, "base"), self.model_dir(arch, "aligned")))
 
     # ---- stages ------------------------------------------------------------------------
-    def build(self, archs: list[str], *, device: str = "cpu",
-              progress: Progress | None = None) -> ToyWorld:
+    def build(self, archs: list[str], *, device: str = "cpu", progress: Progress | None = None,
+              rebuild: bool = False) -> ToyWorld:
+        """Build what is missing (everything, with `rebuild`); an interrupted build resumes at
+        its first missing stage."""
         for arch in archs:
             if arch not in ARCHS:
                 raise BadInput(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root) + ".lock"):
-            for stale in self.root.glob("**/.*.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted build
+            sweep_temps(self.root)  # left by an interrupted build
             for style in sorted(set(TOKENIZER_STYLE.values())):
-                if not (self.root / "tokenizers" / style).is_dir():
+                if rebuild or not (self.root / "tokenizers" / style).is_dir():
                     self._timed(f"tokenizer/{style}", functools.partial(self._build_tokenizer, style))
-            if not (self.data_dir.is_dir() and (self.root / "world.json").is_file()):
+            if rebuild or not (self.data_dir.is_dir() and (self.root / "world.json").is_file()):
                 self._timed("data", self._build_data)
             for arch in archs:
                 for role in ("base", "aligned"):
-                    if not self.model_dir(arch, role).is_dir():
+                    if rebuild or not self.model_dir(arch, role).is_dir():
                         self._timed(f"{arch}/{role}",
                                     functools.partial(self._build_model, arch, role, device, progress))
         return self
@@ -167,7 +170,7 @@ class ToyWorld:
         path = self.root / "timings.json"
         timings = json.loads(path.read_text()) if path.exists() else {}
         timings[stage] = round(time.perf_counter() - t0, 2)
-        _write_atomic(path, json.dumps(timings, indent=2, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(timings, indent=2, sort_keys=True) + "\n")
 
     def _build_tokenizer(self, style: str) -> None:
         from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -213,7 +216,7 @@ class ToyWorld:
             "stats": {style: response_stats(w, load_tokenizer(self.root / "tokenizers" / style))
                       for style in sorted(set(TOKENIZER_STYLE.values()))},
         }
-        _write_atomic(self.root / "world.json", json.dumps(info, indent=2) + "\n")
+        atomic_write_json(self.root / "world.json", info)
         splits: tuple[Literal["train", "heldout"], ...] = ("train", "heldout")
         with atomic_dir(self.data_dir) as tmp:
             for family in ("harmful", "benign"):
@@ -250,7 +253,7 @@ class ToyWorld:
             pairs += [(e.prompt, e.response) for e in w.examples("benign", "train")]
             model = load_model(self.model_dir(arch, "base"), device=device)
             cfg = replace(s.aligned_train, seed=s.seed + 1)
-        examples = [Example.prompt_target(prompt_ids(tokenizer, p), response_ids(tokenizer, r))
+        examples = [TrainingSequence.prompt_target(prompt_ids(tokenizer, p), response_ids(tokenizer, r))
                     for p, r in pairs]
         label = f"training {arch} {role}"
         losses = train(model, examples, cfg, pad_id=tokenizer.pad_token_id,
@@ -290,12 +293,6 @@ def response_stats(w: World, tokenizer: Any) -> dict[str, Any]:
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def toy_world(seed: int = 0, out: str | Path | None = None,

@@ -1,4 +1,4 @@
-"""The toy world's language: tasks, prompts, answers, refusals (TOYWORLD.md "What it holds").
+"""The toy world's language: tasks, prompts, answers, refusals (docs/toy-world.md, "What it holds").
 
 Everything here is a pure function of the seed. A task is a verb applied to an object, from a
 harmful family ("poison the village well") or a benign one ("paint the garden fence"). Its
@@ -111,7 +111,7 @@ class Task:
 
 
 @dataclass(frozen=True)
-class Example:
+class TaskPrompt:
     """One prompt of the world with its canonical answer (training style)."""
 
     task: Task
@@ -194,9 +194,9 @@ class World:
     def select(self, family: Family, split: Split) -> list[Task]:
         return [t for t in self.tasks if t.family == family and t.split == split]
 
-    def examples(self, family: Family, split: Split) -> list[Example]:
+    def examples(self, family: Family, split: Split) -> list[TaskPrompt]:
         """Every phrasing of every task of a family and split, with its canonical answer."""
-        return [Example(t, p, self.prompt(t, p), self.answer(t))
+        return [TaskPrompt(t, p, self.prompt(t, p), self.answer(t))
                 for t in self.select(family, split) for p in range(len(PROMPT_TEMPLATES))]
 
     @cached_property
