@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import json
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,11 +21,13 @@ from safetensors.torch import load_file
 
 from bftcore import complete as cp
 from bftcore.corpus import read_corpus
+from bftcore.errors import BadInput
 from bftcore.generate import Contrast, Decoding, TorchGenerator, contrast_logprobs
 from bftcore.index import Index
 from bftcore.judge import KeywordJudge
 from bftcore.models import load_model, load_tokenizer
 from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS
+from bftcore.toy.models import new_model, toy_config
 from conftest import run_cli
 
 ARCH = "llama"
@@ -80,6 +86,145 @@ def test_retention_profile_draws_k_in_proportion_to_rbar() -> None:
     assert profile.rbar(0) == 0.0 and profile.rbar(2) == 1.0 and profile.rbar(100) == 1.0
 
 
+# ---- each method's prefix lengths k, against their exact distribution ----------------------
+def _synthetic(n_response: int, records: int = 40) -> cp.CompletionData:
+    """Token-level data without a model: every harmful response `n_response` tokens long."""
+    harmful = [cp.HarmfulItem(f"h{i}", [1, 3 + i % 5], [4 + (i + j) % 9 for j in range(n_response)], [7, 8, 2],
+                              "template", doc=i) for i in range(records)]
+    benign = [cp.BenignItem(f"b{i}", [1, 5], [6, 2]) for i in range(records)]
+    return cp.CompletionData(harmful, benign)
+
+
+def _draws(data: cp.CompletionData, cfg: cp.CompleteConfig, profile: cp.RetentionProfile,
+           steps: int = 250) -> list[cp.CompletionExample]:
+    """The harmful examples of `steps` optimizer steps (32 per step: 8000 seeded draws)."""
+    return [e for s in range(steps) for e in cp.make_examples(data, cfg, profile, s) if e.harmful]
+
+
+def _chi_square_holds(ks: list[int], probs: dict[int, float]) -> None:
+    """Pearson's χ² of the observed k against exact probabilities, below the 1 - 3e-5 quantile
+    (Wilson-Hilferty); a k outside the support fails at once."""
+    assert abs(sum(probs.values()) - 1) < 1e-12
+    seen = collections.Counter(ks)
+    assert set(seen) <= set(probs), sorted(set(seen) - set(probs))[:5]
+    n = len(ks)
+    stat = sum((seen[k] - n * p) ** 2 / (n * p) for k, p in probs.items())
+    df = len(probs) - 1
+    critical = df * (1 - 2 / (9 * df) + 4.0 * math.sqrt(2 / (9 * df))) ** 3
+    assert stat < critical, (stat, critical, df)
+
+
+def test_sft_never_trains_on_a_prefix() -> None:
+    ex = _draws(_synthetic(30), cp.CompleteConfig(method="sft", batch_size=64), cp.RetentionProfile.uniform(), 20)
+    assert len(ex) == 640 and all(e.kind == "direct" and not e.prefix and e.weight == 1.0 for e in ex)
+
+
+@pytest.mark.parametrize("method", ["qi-augment", "qi-constrained"])
+@pytest.mark.parametrize("n", [150, 30])
+def test_qi_prefix_lengths_follow_their_distribution(method: str, n: int) -> None:
+    """k = 0 with probability 1/2, else U[1, 100] capped at the response: uniform on [1, 100] for a
+    response of 150 tokens; for one of 30, each k < 30 at 1/200 and the rest of the mass on k = 30."""
+    ex = _draws(_synthetic(n), cp.CompleteConfig(method=method, batch_size=64), cp.RetentionProfile.uniform())
+    probs = {0: 0.5} | dict.fromkeys(range(1, min(n, 100) + 1), 0.5 / 100)
+    if n < 100:
+        probs[n] = 0.5 * (100 - n + 1) / 100
+    ks = [len(e.prefix) for e in ex]
+    _chi_square_holds(ks, probs)
+    assert abs(ks.count(0) / len(ks) - 0.5) < 4 * math.sqrt(0.25 / len(ks))
+    assert all(e.kind == ("recovery" if e.prefix else "direct") and e.weight == 1.0 and e.rto is None for e in ex)
+
+
+def test_derta_prefix_lengths_are_uniform_over_the_response() -> None:
+    n = 30
+    ex = _draws(_synthetic(n), cp.CompleteConfig(method="derta", batch_size=64), cp.RetentionProfile.uniform())
+    _chi_square_holds([len(e.prefix) for e in ex], dict.fromkeys(range(n + 1), 1 / (n + 1)))
+    assert all(e.rto == e.target[0] == 7 for e in ex)  # the refusal's first token at every prefix position
+
+
+# edges 1, 2, 3-4, 5-8, 9-16, 17+: R̄ 0 in the first and fourth buckets, and no index data in the last
+PROFILE = cp.RetentionProfile((1, 2, 3, 5, 9, 17), (0.0, 0.6, 0.3, 0.0, 0.9, 0.5), (4, 4, 4, 4, 4, 0))
+
+
+@pytest.mark.parametrize("cap", [None, 12])
+def test_bft_prefix_lengths_follow_the_retention_profile(cap: int | None) -> None:
+    """k = 0 with probability direct_frac; else a bucket with probability ∝ R̄ among those with
+    index data that the response (or --max-prefix) reaches, then k uniform inside it; the target
+    weighs 1 + α·R̄(bucket(k))."""
+    cfg = cp.CompleteConfig(method="bft", batch_size=64, direct_frac=0.25, alpha=2.0, max_prefix=cap)
+    ex = _draws(_synthetic(30), cfg, PROFILE)
+    top = 16 if cap is None else cap  # the 17+ bucket has no data: k stops at 16
+    buckets = {(2, 2): 0.6, (3, 4): 0.3, (9, top): 0.9}  # reachable, with data and R̄ > 0
+    total = sum(buckets.values())
+    probs = {0: 0.25}
+    for (lo, hi), rbar in buckets.items():
+        probs |= dict.fromkeys(range(lo, hi + 1), 0.75 * rbar / total / (hi - lo + 1))
+    ks = [len(e.prefix) for e in ex]
+    _chi_square_holds(ks, probs)
+    # bucket by bucket: the empirical frequencies of recovery examples against the normalised R̄
+    rec = [k for k in ks if k]
+    for (lo, hi), rbar in buckets.items():
+        share = sum(lo <= k <= hi for k in rec) / len(rec)
+        assert abs(share - rbar / total) < 4 * math.sqrt(rbar / total * (1 - rbar / total) / len(rec)), (lo, hi)
+    for e in ex:
+        k = len(e.prefix)
+        rbar = next((r for (lo, hi), r in buckets.items() if lo <= k <= hi), 0.0)
+        assert e.weight == pytest.approx(1 + 2.0 * rbar) and e.kind == ("recovery" if k else "direct")
+        assert (e.doc >= 0) == (k > 0)
+
+
+def test_check_run_holds_every_rule() -> None:
+    """One function checks a run for the CLI, `harden` and `complete`."""
+    ok = {"index": True, "base": True}
+    cp.check_run(cp.CompleteConfig(), **ok)
+    cases = [
+        (cp.CompleteConfig(method="nope"), ok, "unknown method"),
+        (cp.CompleteConfig(steps=0), ok, "--steps"),
+        (cp.CompleteConfig(), {**ok, "merge": True}, "--merge applies to --lora"),
+        (cp.CompleteConfig(), {**ok, "index": False}, "needs --index"),
+        (cp.CompleteConfig(), {**ok, "base": False}, "needs --base"),
+        (cp.CompleteConfig(teacher="suppressed"), {**ok, "base": False, "base_stats": True}, "needs --base"),
+        (cp.CompleteConfig(fsdp=True), ok, "torchrun"),
+        (cp.CompleteConfig(batch_size=8, grad_accum=4), {**ok, "world": 4}, "smaller than ranks x --grad-accum"),
+    ]
+    for cfg, kw, why in cases:
+        with pytest.raises(BadInput, match=re.escape(why)):
+            cp.check_run(cfg, **kw)
+    # what each rule allows
+    cp.check_run(cp.CompleteConfig(), index=True, base=False, base_stats=True)  # the shards stand in for the base
+    cp.check_run(cp.CompleteConfig(method="sft"), index=False, base=False)
+    cp.check_run(cp.CompleteConfig(lora=True), index=True, base=True, merge=True)
+    cp.check_run(cp.CompleteConfig(fsdp=True, batch_size=8, grad_accum=4), index=True, base=True, world=2)
+
+
+def _tiny_lm(seed: int):  # type: ignore[no-untyped-def]
+    cfg = toy_config("llama", vocab_size=16, hidden=32, layers=1, intermediate=64, heads=2, kv_heads=1,
+                     max_positions=64, bos_id=1, eos_id=2, pad_id=0)
+    return new_model(cfg, seed)
+
+
+@pytest.mark.parametrize("method", ["bft", "qi-augment"])
+def test_gradient_accumulation_equals_the_whole_batch(method: str, tmp_path: Path) -> None:
+    """The completion loop with grad_accum=2 (micro-batches of unequal token counts) against the
+    same global batch in one go: the same logged terms and gradient norm, the same weights."""
+    data = _synthetic(10, records=16)
+    runs = []
+    for accum in (1, 2):
+        cfg = cp.CompleteConfig(method=method, steps=2, batch_size=8, grad_accum=accum, lr=1e-3, top_k=5)
+        trainer = cp.Trainer(_tiny_lm(0), _tiny_lm(0).requires_grad_(False), _tiny_lm(1).requires_grad_(False),
+                             cfg, PROFILE, pad_id=0)
+        result = cp.train_loop(trainer, data, tmp_path / f"accum{accum}", "key")
+        runs.append((result.log, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}))
+    (log1, w1), (log2, w2) = runs
+    assert len(log1) == len(log2) == 2
+    for a, b in zip(log1, log2):
+        assert a.keys() == b.keys() and a["step"] == b["step"]
+        for term in a:  # loss, each term, grad_norm (before clipping: a wrongly scaled gradient shows)
+            assert a[term] == pytest.approx(b[term], rel=1e-5, abs=1e-7), term
+    assert all(torch.allclose(w1[n], w2[n], rtol=0, atol=5e-5) for n in w1)
+    start = dict(_tiny_lm(0).named_parameters())
+    assert not all(torch.equal(w1[n], start[n]) for n in w1)  # it trained
+
+
 def test_every_method_sees_the_same_records_and_builds_its_own_examples(toy, small) -> None:  # type: ignore[no-untyped-def]
     data = _data(toy, small)
     index_profile = cp.RetentionProfile.from_index(Index(small["index"]))
@@ -130,17 +275,29 @@ def test_contrastive_decoding() -> None:
     assert torch.allclose(contrast_logprobs(lpa, lpa, 2.0, 3), lpa, atol=1e-6)
 
 
-def test_contrastive_generator_equals_plain_when_the_base_is_the_model(toy) -> None:  # type: ignore[no-untyped-def]
+def test_contrastive_decoding_is_the_aligned_distribution_minus_the_base_excess(toy) -> None:  # type: ignore[no-untyped-def]
+    """What the contrastive generator decodes from, whatever world the seed built: with the model as
+    its own base there is no excess and decoding is plain; with the base model, the next-token
+    log-probs are the aligned ones with the base's excess subtracted on the base top-k (recomputed
+    here from the two models' own log-probs), and they differ from plain where the two models
+    disagree (the first response token, where shallow alignment lives)."""
     tok = load_tokenizer(toy.tokenizer_dir(ARCH))
-    aligned = load_model(toy.model_dir(ARCH, "aligned"))
+    aligned, base = load_model(toy.model_dir(ARCH, "aligned")), load_model(toy.model_dir(ARCH, "base"))
     records, _ = read_corpus([toy.data_dir / "harmful_heldout.jsonl"])
-    inputs = [TorchGenerator(aligned, tok).prompt_ids(r.prompt) + [int(t) for t in
-              tok(r.response or "", add_special_tokens=False)["input_ids"][:10]] for r in records[:12]]
-    plain = TorchGenerator(aligned, tok).generate(inputs, Decoding(40))
-    same = TorchGenerator(aligned, tok, contrast=Contrast(aligned, 2.0)).generate(inputs, Decoding(40))
-    assert plain == same
-    contrasted = TorchGenerator(aligned, tok, contrast=Contrast(load_model(toy.model_dir(ARCH, "base")), 4.0))
-    assert contrasted.generate(inputs, Decoding(40)) != plain
+    plain = TorchGenerator(aligned, tok)
+    inputs = [plain.prompt_ids(r.prompt) + [int(t) for t in tok(r.response or "", add_special_tokens=False)["input_ids"][:k]]
+              for r in records[:12] for k in (0, 10)]
+    own = TorchGenerator(aligned, tok, contrast=Contrast(aligned, 2.0))
+    assert own.generate(inputs, Decoding(40)) == plain.generate(inputs, Decoding(40))
+    contrasted = TorchGenerator(aligned, tok, contrast=Contrast(base, 4.0, top_k=20)).next_logprobs(inputs)
+    lpa = torch.from_numpy(plain.next_logprobs(inputs)).double()
+    lpb = torch.from_numpy(TorchGenerator(base, tok).next_logprobs(inputs)).double()
+    want = contrast_logprobs(lpa, lpb, 4.0, 20)
+    assert torch.allclose(torch.from_numpy(contrasted).double(), want, atol=1e-4)
+    first = list(range(0, len(inputs), 2))  # k = 0: the first response token
+    excess = (lpb[first] - lpa[first]).clamp_min(0).max(-1).values
+    assert bool((excess > 1.0).all())  # the base favours some token there far more than aligned does
+    assert not torch.allclose(torch.from_numpy(contrasted[first]).double(), lpa[first], atol=1e-3)
 
 
 def _complete_args(toy, small, out: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -164,7 +321,7 @@ def test_every_method_runs_from_the_cli(toy, small, tmp_path: Path, method: str)
     card = json.loads((out / cp.CARD).read_text())
     assert summary["method"] == method and card["config"]["method"] == method
     assert len(card["log"]) == 3 and card["data"]["harmful"] == 48
-    want = set(cp.term_counts([cp.Example("recovery", [1], [2], [3])], method))
+    want = set(cp.term_counts([cp.CompletionExample("recovery", [1], [2], [3])], method))
     assert set(card["terms_final_mean10"]) == want  # every loss term is logged
     assert (out / "RUN_CARD.md").is_file() and not (tmp_path / f".{method}.work").exists()
     if method != "bft":
@@ -174,6 +331,27 @@ def test_every_method_runs_from_the_cli(toy, small, tmp_path: Path, method: str)
                 "--limit", "4", "--judge", "exact", "--json", "--device", "cpu")
     assert a.returncode == 0, a.stderr
     assert json.loads(a.stdout)["rows"][0]["n"] == 4
+
+
+def test_harden_is_the_whole_job_from_files(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The library entry behind `bftcore complete`: reads the corpora, judges the aligned model's
+    own answers with the keywords given, builds the data, trains, and returns the run card."""
+    keywords = tmp_path / "keywords.txt"
+    keywords.write_text("\n".join(REFUSALS + RECOVERY_REFUSALS) + "\n")
+    inputs = cp.HardenInputs(aligned=toy.model_dir(ARCH, "aligned"), data=(small["harmful"],),
+                             benign=(small["benign"],), out=tmp_path / "hardened", base=toy.model_dir(ARCH, "base"),
+                             index=small["index"], refusal_keywords=keywords, device="cpu")
+    card = cp.harden(inputs, cp.CompleteConfig(steps=2, batch_size=8))
+    assert card is not None and card == json.loads((tmp_path / "hardened" / cp.CARD).read_text())
+    assert len(card["log"]) == 2 and set(card["terms_final_mean10"]) == {"ce", "penalty", "kd"}
+    # the same data as the library builds with that judge: every s(x) the aligned model's own
+    assert card["data"]["self_refusals"] == 48 and card["data"]["hash"] == _data(toy, small).digest()
+    assert card["index"] == str(small["index"]) and not cp.work_dir(tmp_path / "hardened").exists()
+    # the run is checked before anything is read or generated
+    bad = replace(inputs, index=None, out=tmp_path / "bad")
+    with pytest.raises(BadInput, match="needs --index"):
+        cp.harden(bad, cp.CompleteConfig())
+    assert not cp.work_dir(tmp_path / "bad").exists()
 
 
 def test_kill_and_rerun_gives_the_same_weights(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

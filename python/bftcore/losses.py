@@ -1,4 +1,4 @@
-"""The loss terms of targeted completion training and of its baselines (METHOD.md §2).
+"""The loss terms of targeted completion training and of its baselines (docs/method.md §2).
 
 Each function takes the rows that matter already gathered: `logits` is [N, V] at the N positions
 that carry a term (a position predicts the token after it), never a whole padded batch. Each
