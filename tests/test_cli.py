@@ -47,3 +47,44 @@ def test_every_command_has_help_with_an_example(args: list[str]) -> None:
 def test_version() -> None:
     r = run_cli("--version")
     assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_plain_progress_lines_are_rate_limited_per_task() -> None:
+    """Off a terminal: a line when a task starts, at most one per interval while it runs, one when
+    it completes; the time is counted from the first report."""
+    from bftcore.progress import plain_lines
+
+    now = [100.0]
+    out: list[str] = []
+    report = plain_lines(out.append, 10.0, clock=lambda: now[0])
+    for t, desc, done, total in [(0, "training", 0, 400), (1, "training", 10, 400), (5, "scoring", 1, 3),
+                                 (12, "training", 120, 400), (13, "training", 130, 400),
+                                 (14, "scoring", 3, 3), (14, "scoring", 3, 3), (3725, "training", 400, 400)]:
+        now[0] = 100.0 + t
+        report(desc, done, total)
+    assert out == ["[00:00:00] training 0/400", "[00:00:05] scoring 1/3", "[00:00:12] training 120/400",
+                   "[00:00:14] scoring 3/3", "[01:02:05] training 400/400"]
+
+
+def test_a_failed_expectation_is_reported_and_exits_3_only_under_strict(toy, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Exit codes tell a broken pipeline (1), bad input (2) and a failed expectation (3, only with
+    --strict) apart: the measurement is replaced here by one whose verdict fails."""
+    import json
+
+    import bftcore.toy
+    from bftcore.cli import main
+    from bftcore.stats import Check, RateRow
+
+    row = RateRow("base", "llama", "direct", None, "asr", 20, 180)
+    failed = Check("llama: base direct ASR >= 90%", "fails", row.interval())
+    monkeypatch.setattr(bftcore.toy, "check_world", lambda tw, archs, **kw: ([row], [failed]))
+    for extra, code in (([], 0), (["--strict"], 3)):
+        with pytest.raises(SystemExit) as exit_:
+            main(["toy", "check", "--arch", "llama", "--json", *extra])
+        assert exit_.value.code == code
+        out = json.loads(capsys.readouterr().out)
+        assert out["ok"] is False and out["checks"][0]["status"] == "fails"
+    with pytest.raises(SystemExit) as exit_:
+        main(["toy", "check", "--arch", "llama", "--strict"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 3 and "FAILS" in captured.out and "1 expectation(s)" in captured.err

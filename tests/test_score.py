@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from bftcore.corpus import Record, read_corpus
 from bftcore.errors import BadInput
@@ -78,14 +80,52 @@ def test_shard_schema_and_statistics(toy, records: list[Record], tmp_path: Path)
     np.testing.assert_allclose(t.column("bf_mass").to_numpy(),
                                (np.exp(la) * (lb - la > 0)).sum(1), atol=1e-5)
     assert np.all(np.diff(lb, axis=1) <= 0)  # base top-k sorted
-    assert np.all(t.column("kl").to_numpy() >= 0)
-    assert np.all(t.column("lp_base").to_numpy() <= 0)
     # the realised token's log-prob is the top-k's where it is in the top-k
     tok = t.column("token").to_numpy()
     top = t.column("topk_token").combine_chunks().flatten().to_numpy().reshape(-1, 7)
     hit = top == tok[:, None]
     rows = hit.any(1)
     np.testing.assert_allclose(t.column("lp_base").to_numpy()[rows], lb[hit], atol=1e-6)
+
+
+def test_statistics_equal_an_independent_float64_computation(toy, records: list[Record], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every column of a shard against the definitions, recomputed here in float64 from the two
+    models' full-vocabulary distributions (one document at a time, no batching, no blocks)."""
+    from bftcore.chat import prompt_ids, response_ids
+    from bftcore.models import load_model, load_tokenizer
+
+    base, aligned = models(toy)
+    docs = records[:4] + records[-3:]
+    k, tau = 6, 0.5
+    score_corpus(docs, base, aligned, tmp_path / "s", ScoreConfig(k=k, tau=tau))
+    t = read(tmp_path / "s")
+    tok = load_tokenizer(aligned)
+    mb, ma = load_model(base).double(), load_model(aligned).double()
+    for doc_id, r in enumerate(docs):
+        p, y = prompt_ids(tok, r.messages()), response_ids(tok, r.response or "", eos=False)
+        ids = torch.tensor([p + y])
+        with torch.no_grad():  # position i predicts token i + 1: the response's are len(p) - 1 ...
+            lpb = torch.log_softmax(mb(input_ids=ids).logits[0, len(p) - 1:len(p) - 1 + len(y)], -1)
+            lpa = torch.log_softmax(ma(input_ids=ids).logits[0, len(p) - 1:len(p) - 1 + len(y)], -1)
+        target = torch.tensor(y)[:, None]
+        top_lb, top = torch.topk(lpb, k, dim=-1)
+        top_la = lpa.gather(-1, top)
+        want = {"lp_base": lpb.gather(-1, target)[:, 0], "lp_aligned": lpa.gather(-1, target)[:, 0],
+                "kl": (lpa.exp() * (lpa - lpb)).sum(-1),
+                "retain": torch.minimum(top_la.exp(), top_lb.exp()).sum(-1),
+                "bf_mass": (top_la.exp() * ((top_lb - top_la) > tau)).sum(-1)}
+        rows = t.filter(pc.equal(t.column("doc_id"), doc_id))
+        assert rows.column("pos").to_pylist() == list(range(1, len(y) + 1))
+        assert rows.column("token").to_pylist() == y
+        for name, value in want.items():
+            np.testing.assert_allclose(rows.column(name).to_numpy(), value.numpy(), atol=2e-4, rtol=1e-4,
+                                       err_msg=name)
+        got_top = rows.column("topk_token").combine_chunks().flatten().to_numpy().reshape(-1, k)
+        got_lb = rows.column("topk_lp_base").combine_chunks().flatten().to_numpy().reshape(-1, k)
+        np.testing.assert_allclose(got_lb, top_lb.numpy(), atol=2e-4)
+        # the same tokens, except where two base log-probs tie within float32's precision
+        same = got_top == top.numpy()
+        assert same.mean() > 0.99, (doc_id, same.mean())
 
 
 def test_rerun_skips_finished_shards(toy, records: list[Record], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -131,3 +171,22 @@ def test_long_documents_are_truncated_and_counted(toy, records: list[Record], tm
     assert s.tokens == t.num_rows < 4 * 40 and t.column("pos").to_numpy().max() < 40
     s = score_corpus(records[12:16], base, aligned, tmp_path / "t", ScoreConfig(max_length=5))
     assert s.skipped_too_long == 4 and s.docs == 0
+
+
+def test_index_corpus_takes_records_or_their_shards(toy, records: list[Record], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The library's one way from records to an index (what the demo calls): scores into
+    OUT.shards/, aggregates; the shards given back index the same."""
+    from bftcore.pipeline import index_corpus
+
+    base, aligned = models(toy)
+    done = index_corpus(records, tmp_path / "r.bfti", base=base, aligned=aligned,
+                        score=ScoreConfig(shard_size=10), device="cpu")
+    assert done is not None and done.read is None and done.score is not None
+    assert done.score.docs == len(records) and done.index.header["rows"] == done.score.tokens > 0
+    assert len(shard_paths(tmp_path / "r.bfti.shards")) == 4
+    again = index_corpus([tmp_path / "r.bfti.shards"], tmp_path / "s.bfti")
+    assert again is not None and again.score is None
+    assert again.index.header["rows"] == done.index.header["rows"]
+    with pytest.raises(BadInput, match="leaves no room"):
+        index_corpus(records, tmp_path / "t.bfti", base=base, aligned=aligned,
+                     score=ScoreConfig(max_length=5), too_long="refuse")

@@ -452,6 +452,32 @@ def open_generator(target: str | Path, backend: str = "auto", *, device: str = "
     return TorchGenerator(load_model(target, device=device), load_tokenizer(target))
 
 
+def open_target(target: str | Path, backend: str = "auto", *, device: str = "cpu",
+                tokenizer: str | Path | None = None, contrast_base: str | Path | None = None,
+                contrast_gamma: float = 2.0) -> tuple[Any, str]:
+    """(generator, architecture) of a model to attack: a transformers model directory (a pickle-only
+    one converted first, see `models.resolve_model`), a .gguf file, an ONNX export directory, or a
+    server URL (with `tokenizer`: the served GGUF file or a tokenizer directory). `contrast_base`,
+    torch only: decode with contrastive suppression of that base model's favored tokens."""
+    kind = detect_backend(target) if backend == "auto" else backend
+    if kind != "torch" or str(target).startswith(("http://", "https://")):
+        if contrast_base is not None:
+            raise BadInput(f"--contrast-base needs the torch backend, not {kind}")
+        gen = open_generator(target, kind, device=device, tokenizer=tokenizer)
+        return gen, str(gen.arch)
+    from bftcore.generate import Contrast, TorchGenerator
+    from bftcore.models import check_same_tokenizer, load_model, load_tokenizer, resolve_model
+
+    path = resolve_model(target)
+    model, tok = load_model(path, device=device), load_tokenizer(path)
+    contrast = None
+    if contrast_base is not None:
+        base = resolve_model(contrast_base)
+        check_same_tokenizer(load_tokenizer(base), tok)
+        contrast = Contrast(load_model(base, device=device), contrast_gamma)
+    return TorchGenerator(model, tok, contrast=contrast), str(getattr(model.config, "model_type", ""))
+
+
 def _tokenizer_of(path: str | Path) -> Any:
     """The tokenizer of a GGUF file (through llama.cpp) or of a tokenizer/model directory."""
     from bftcore.models import load_tokenizer

@@ -1,0 +1,177 @@
+"""`bftcore attack`: the attack suite on any target (`backends.open_target` opens it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bftcore.cli.common import console, corpus_options, emit_json, lines, options_to, progress_bars, rows_table
+from bftcore.errors import BadInput
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError as e:
+        raise BadInput(f"--k must be comma-separated integers, got {value!r}") from e
+    if not ks or min(ks) < 1:
+        raise BadInput("--k needs positive integers")
+    return ks
+
+
+def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_new_tokens: int,
+                   seed: int) -> Any:
+    from bftcore.attack import AttackConfig
+
+    return AttackConfig(ks=_int_list(ks), max_new_tokens=max_new_tokens, seed=seed, samples=samples,
+                        temperature=temperature, top_p=top_p)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--attack", "attacks", default="direct,prefill", show_default=True,
+              help="Comma-separated: direct, prefill, prefill-sampled, rank-prefill, completion, decoding-exploit.")
+@click.option("--k", "ks", default="5,10,20,40", show_default=True, help="Prefill lengths (tokens).")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Prompts (and harmful responses, for prefilling); repeatable.")
+@click.option("--judge", "judge_spec", default="keyword", show_default=True,
+              help="keyword, exact (toy world), classifier:PATH or causal:PATH.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "llamacpp", "onnx", "server"]), default="auto",
+              show_default=True, help="auto: llamacpp for a .gguf file, onnx for an export directory, "
+              "server for an http:// URL, else torch.")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path),
+              help="With --backend server: the served GGUF file (or a tokenizer directory).")
+@click.option("--name", help="Model name in the rows (default: the directory's name).")
+@click.option("--tag", default="", help="Suffix for the attack names in the rows (e.g. the data's style).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N records.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True, help="Samples per prompt (prefill-sampled).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.9, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.6, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--benign", type=click.Path(exists=True, path_type=Path), help="Benign prompt/response file: perplexity.")
+@click.option("--refusal-keywords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Extra refusal keywords (one per line) for the keyword judge and the rank-assisted prefill.")
+@click.option("--judge-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Prompt template for a classifier/causal judge ({prompt}, {response}).")
+@click.option("--judge-label", help="The classifier judge's label that means harmful.")
+@click.option("--toy-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Toy world of the exact judge.")
+@click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval-harness tasks (needs the lm-eval package).")
+@click.option("--contrast-base", type=click.Path(path_type=Path),
+              help="Decode with contrastive suppression of this base model's favored tokens (inference-time variant).")
+@click.option("--contrast-gamma", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write results.parquet, samples.parquet, results.md, asr_vs_k.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the rows.")
+@corpus_options
+@options_to("cfg", _attack_config, "ks", "samples", "temperature", "top_p", "max_new_tokens", "seed")
+def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
+           tokenizer_path: Path | None, name: str | None, tag: str, limit: int | None, cfg: Any,
+           benign: Path | None, refusal_keywords: Path | None, judge_template: Path | None,
+           judge_label: str | None, toy_seed: int, lm_eval_tasks: str | None, contrast_base: Path | None,
+           contrast_gamma: float, device: str, out: Path | None, as_json: bool, read: Any) -> None:
+    """Attack a model and report each attack's success rate (x/n, 95% Wilson interval).
+
+    Prefilling forces the first k tokens of each record's harmful response as the start of the
+    answer; the forced text is never judged as the model's output.
+
+    \b
+    Example:
+      bftcore attack aligned/ --attack direct,prefill,rank-prefill --k 5,10,20,40 \\
+          --data harmful.jsonl --judge keyword --out results/
+      bftcore attack hardened-q8_0.gguf --backend llamacpp --attack prefill --data harmful.jsonl
+      bftcore attack http://127.0.0.1:8000 --backend server --tokenizer hardened-q8_0.gguf \\
+          --attack prefill --data harmful.jsonl
+    """
+    from bftcore import attack as atk
+    from bftcore.backends import detect_backend, open_target
+    from bftcore.corpus import read_corpus
+    from bftcore.models import resolve_device
+
+    names = _attack_names(attacks)
+    kind = detect_backend(model) if backend == "auto" else backend
+    _check_torch_only(kind, benign, lm_eval_tasks, contrast_base)
+    dev = str(resolve_device(device))
+    records = read_corpus(data, read)[0][:limit]
+    judge, openers = _judge(judge_spec, toy_seed, refusal_keywords, judge_template, judge_label, dev)
+    gen, arch = open_target(model, kind, device=dev, tokenizer=tokenizer_path, contrast_base=contrast_base,
+                            contrast_gamma=contrast_gamma)
+    label = name or (model if kind == "server" else Path(model).resolve().name)
+    result = atk.AttackResult()
+    with progress_bars() as bar:
+        suite = atk.Suite(gen, judge, cfg, model=label, arch=arch, openers=openers, progress=bar)
+        for a in names:
+            result.extend(suite.run(a, records, tag=tag))
+    result.measures += _measures(gen, label, arch, model, benign, lm_eval_tasks, dev)
+    if out:
+        atk.write_results(result, out)
+    _print_attack(result, judge.name, len(records), label, out, as_json)
+
+
+def _attack_names(attacks: str) -> list[str]:
+    from bftcore.attack import ATTACKS
+
+    names = [a.strip() for a in attacks.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ATTACKS]
+    if unknown or not names:
+        raise BadInput(f"unknown attack {', '.join(unknown) or '(none)'} (known: {', '.join(ATTACKS)})")
+    return names
+
+
+def _check_torch_only(kind: str, benign: Path | None, lm_eval_tasks: str | None,
+                      contrast_base: Path | None) -> None:
+    """What only the PyTorch backend measures, refused before anything loads."""
+    if lm_eval_tasks:
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise BadInput("--lm-eval needs the lm-eval package (pip install lm-eval)")
+    if kind != "torch" and (contrast_base is not None or benign or lm_eval_tasks):
+        raise BadInput(f"--contrast-base, --benign and --lm-eval need the torch backend, not {kind}")
+
+
+def _judge(spec: str, toy_seed: int, refusal_keywords: Path | None, template: Path | None,
+           label: str | None, device: str) -> tuple[Any, list[str]]:
+    """The judge, and the refusal openers the rank-assisted prefill steers around."""
+    from bftcore.judge import make_judge
+
+    extra = lines(refusal_keywords) if refusal_keywords else []
+    phrases, openers = None, list(extra)
+    if spec == "exact":
+        from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS, World
+
+        phrases = World(toy_seed).harmful_phrases
+        openers += REFUSALS + RECOVERY_REFUSALS
+    judge = make_judge(spec, phrases=phrases, extra_keywords=extra, device=device, label=label,
+                       template=template.read_text() if template else None)
+    return judge, openers
+
+
+def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,
+              lm_eval_tasks: str | None, device: str) -> list[dict[str, Any]]:
+    """Capability beside the attacks: perplexity on benign responses, lm-eval-harness tasks."""
+    from bftcore import attack as atk
+    from bftcore.corpus import read_corpus
+
+    out = []
+    if benign:
+        out.append(atk.perplexity(gen, read_corpus([benign])[0], model=label, arch=arch))
+    if lm_eval_tasks:
+        out.append({"model": label, "arch": arch, "metric": "lm_eval",
+                    "value": atk.lm_eval(Path(model), lm_eval_tasks.split(","), device), "tokens": 0})
+    return out
+
+
+def _print_attack(result: Any, judge: str, records: int, label: str, out: Path | None, as_json: bool) -> None:
+    if as_json:
+        emit_json({"rows": [r.to_dict() for r in result.rows], "measures": result.measures,
+                   "judge": judge, "records": records, "out": str(out) if out else None})
+        return
+    console.print(rows_table(result.rows, f"attacks on {label} ({records} records, judge {judge})"))
+    for m in result.measures:
+        if m["metric"] == "perplexity":
+            console.print(f"  perplexity on benign responses: {m['value']:.3f} ({m['tokens']} tokens)")
+    if out:
+        console.print(f"  results in {out}")
