@@ -1,0 +1,76 @@
+"""The export stage: a model directory to a GGUF file (llama.cpp) or an ONNX graph (onnxruntime).
+
+GGUF is written by bftcore itself with `gguf.GGUFWriter`: llama.cpp's own converter recognises a
+BPE pre-tokenizer only by a hash of known models, so it refuses every locally trained tokenizer.
+F32/F16/BF16/Q8_0 are quantized by the `gguf` package; K-quants (Q4_K_M) by llama.cpp's own
+quantizer, from an F32 file. Norms and biases stay F32, as llama.cpp's converter keeps them.
+
+ONNX is one graph with a KV cache (`model.onnx`): inputs input_ids, attention_mask, position_ids
+and `past` (every layer's keys and values stacked, [layers, 2, batch, kv_heads, past, head_dim],
+past = 0 for the prompt), outputs logits and `present` (the same stack, one step longer). The
+tokenizer files, config.json and `export.json` sit beside it.
+
+`verify` compares an exported artifact with PyTorch on texts: tokenizer ids, max |Δ logit| and
+argmax agreement over real positions; for GGUF also a second, independent reading of the file by
+transformers (`gguf_file=`).
+
+Modules: source (the model directory's config, checked for what can be exported), gguf (the
+tokenizer's vocabulary, tensor names, the GGUF writer, K-quants through llama.cpp), onnx (the
+KV-cache step graph and its export), verify (`Parity`, the probe texts, the readers and the
+comparison). Here: `export` (the dispatch behind `bftcore export`) and `check_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from bftcore.errors import BadInput
+from bftcore.export.gguf import (
+    GGUF_DTYPES,
+    LLAMA3_REGEX,
+    QWEN2_REGEX,
+    GGUFVocab,
+    export_gguf,
+    gguf_name,
+    gguf_tensor_types,
+    rope_permute,
+    tokenizer_vocab,
+)
+from bftcore.export.onnx import export_onnx
+from bftcore.export.source import SUPPORTED_ARCHS, _check_config, _config
+from bftcore.export.verify import PROBE_TEXTS, Parity, min_agreement, verify, verify_texts
+from bftcore.models import load_model
+
+__all__ = [
+    "GGUF_DTYPES", "LLAMA3_REGEX", "PROBE_TEXTS", "QWEN2_REGEX", "SUPPORTED_ARCHS", "TARGETS", "GGUFVocab", "Parity",
+    "check_source", "export", "export_gguf", "export_onnx", "gguf_name", "gguf_tensor_types", "min_agreement",
+    "rope_permute", "tokenizer_vocab", "verify", "verify_texts",
+]
+
+TARGETS = ("gguf", "onnx")
+
+
+def check_source(model_dir: str | Path, to: str) -> None:
+    """BadInput now, before any work, when `model_dir` cannot be exported to `to`."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise BadInput(f"{model_dir}: no such model directory")
+    if (model_dir / "config.json").is_file():
+        cfg = _config(model_dir)
+    else:  # an adapter: its merged model's config
+        cfg = _check_config(load_model(model_dir).config.to_dict(), model_dir)
+    if to == "gguf":
+        tokenizer_vocab(model_dir, int(cfg["vocab_size"]))
+
+
+def export(model_dir: str | Path, to: str, out: str | Path, dtype: str = "f16",
+           progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """`bftcore export`: GGUF in one dtype, or an ONNX directory (F32)."""
+    if to == "gguf":
+        return export_gguf(model_dir, out, dtype, progress)
+    if to == "onnx":
+        if dtype not in ("f32", ""):
+            raise BadInput(f"ONNX export writes F32 weights; --dtype {dtype} applies to GGUF only")
+        return export_onnx(model_dir, out, progress)
+    raise BadInput(f"unknown export target {to!r} (known: {', '.join(TARGETS)})")
