@@ -4,6 +4,7 @@ command with options it has. Fast: no model is loaded, nothing runs but `--help`
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -227,6 +228,22 @@ def test_cli_reference_is_current() -> None:
     r = subprocess.run([sys.executable, str(DOCS / "gen_cli.py"), "--check"], capture_output=True,
                        text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, f"{r.stderr}{r.stdout[-3000:]}"
+
+
+def test_demo_output_in_the_docs_is_drawn_from_a_current_recorded_run(tmp_path: Path) -> None:
+    """docs/demo.md's transcript and README.md's summary are what the demo's renderer draws from
+    docs/demo-run.json, and that run was recorded with the settings the code has now."""
+    r = subprocess.run([sys.executable, str(DOCS / "gen_demo.py"), "--check"], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr + r.stdout[-2000:]
+    # and the check can fail: a run recorded under another version number is stale
+    run = json.loads((DOCS / "demo-run.json").read_text())
+    run["settings"]["versions"]["completion"] += 1
+    stale = tmp_path / "run.json"
+    stale.write_text(json.dumps(run))
+    r = subprocess.run([sys.executable, str(DOCS / "gen_demo.py"), "--check", "--run", str(stale)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 1 and "versions" in r.stderr, r.stderr
 
 
 def test_docs_pages_exist_and_are_listed() -> None:

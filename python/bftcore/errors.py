@@ -1,4 +1,8 @@
-"""Exceptions the CLI turns into exit codes: BadInput -> 2 (one-line reason), CheckFailed -> 1."""
+"""Exceptions the CLI turns into exit codes: BadInput -> 2 (one-line reason), CheckFailed -> 3.
+
+Anything else escaping a command is a bug in bftcore (the pipeline broke): Python's traceback and
+exit code 1.
+"""
 
 
 class BadInput(Exception):
@@ -6,4 +10,5 @@ class BadInput(Exception):
 
 
 class CheckFailed(Exception):
-    """A measured check did not hold (the figures were still printed)."""
+    """A measured expectation or a verification the user asked for failed (the figures were still
+    printed): `--strict` on `demo` and `toy check`, `--verify` on `export`."""

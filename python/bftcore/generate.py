@@ -68,7 +68,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 @dataclass(frozen=True)
 class Contrast:
-    """Inference-time contrastive suppression of base-favored tokens (METHOD.md §2): on the base
+    """Inference-time contrastive suppression of base-favored tokens (docs/method.md §2, "Contrastive decoding"): on the base
     model's top-k, log π_a(v) − γ·[log π_b(v) − log π_a(v)]_+ replaces the aligned log-prob.
 
     Log-probs, not raw logits: two models' logits carry arbitrary per-position offsets, their
