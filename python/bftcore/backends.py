@@ -151,7 +151,7 @@ def open_llama(path: str | Path, *, n_ctx: int = 0, kv_f32: bool = False, logits
             n_ctx = min(gguf_context_length(path) or MAX_CONTEXT, MAX_CONTEXT)
         with quiet_stderr():
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=logits_all,
-                                   verbose=False, n_threads=os.cpu_count() or 1, **kv)
+                                   verbose=False, n_threads=torch.get_num_threads(), **kv)
     except (ValueError, RuntimeError, KeyError) as e:
         raise BadInput(f"{path}: llama.cpp could not load it ({e})") from e
 
@@ -239,6 +239,7 @@ class OnnxGenerator:
             raise BadInput(f"{self.path}: no readable export.json beside model.onnx") from e
         _check_external_data(graph)
         opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()  # as many as torch: one knob for every backend
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(graph), opts, providers=[provider])
         if provider not in self.session.get_providers():  # onnxruntime falls back silently

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from bftcore.cache import cache_root, stage_key
 from bftcore.errors import BadInput
-from bftcore.files import atomic_dir, tree_digest
+from bftcore.files import atomic_dir, json_digest, tree_digest
 
 # Set by `bftcore --allow-pickle`: pickle-only model directories are converted to safetensors once
 # (torch's weights-only unpickler), and the copy is what every stage loads.
@@ -107,7 +106,7 @@ def tokenizer_hash(tokenizer: Any) -> str:
         keep = {k: spec.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer")}
     else:  # a slow (Python) tokenizer: its vocabulary is what it has
         keep = {"vocab": sorted(tokenizer.get_vocab().items())}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(keep)[:16]
 
 
 def check_same_tokenizer(base: Any, aligned: Any) -> str:

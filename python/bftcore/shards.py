@@ -15,7 +15,6 @@ Kept apart from `score` so that reading shards never imports torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bftcore.errors import BadInput
-from bftcore.files import atomic_file, atomic_write, file_digest
+from bftcore.files import atomic_file, atomic_write, file_digest, json_digest
 
 SHARD_FORMAT = "bftcore-scored-shard"
 SHARD_VERSION = 1
@@ -120,7 +119,7 @@ def shard_meta(path: Path) -> dict[str, Any]:
 
 def _digest(meta: dict[str, Any]) -> str:
     body = {k: v for k, v in meta.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(body)[:16]
 
 
 def checksum_path(path: Path) -> Path:
