@@ -14,8 +14,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 150
 # the workspace's specification files and their directory: their content now lives in docs/
@@ -34,10 +32,21 @@ def repo_files(root: Path = ROOT) -> list[Path]:
     try:
         out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                              cwd=root, capture_output=True, check=True, timeout=60).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"not a git checkout ({e})")
+    except (OSError, subprocess.CalledProcessError):
+        # not a git checkout (an unpacked sdist, a copy): every file but what .gitignore leaves out
+        return sorted(p for p in root.rglob("*") if p.is_file() and not _ignored(p.relative_to(root)))
     names = sorted({n for n in out.decode("utf-8", "surrogateescape").split("\0") if n})
     return [root / n for n in names if (root / n).is_file()]  # a deleted tracked file is listed too
+
+
+IGNORED_DIRS = {".git", "target", "dist", "build", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache",
+                ".ruff_cache"}
+
+
+def _ignored(rel: Path) -> bool:
+    """What this repository's .gitignore leaves out, for a tree without git."""
+    return bool(IGNORED_DIRS & set(rel.parts[:-1])) or rel.suffix in (".so", ".pyd") or any(
+        part.endswith(".egg-info") for part in rel.parts)
 
 
 def text_of(path: Path) -> str | None:
@@ -166,3 +175,10 @@ def test_the_checks_catch_what_they_should(tmp_path: Path) -> None:
     assert readme_problem(long) is None
     long.write_text("x\n" * (README_MAX_LINES + 1))
     assert readme_problem(long) is not None
+
+
+def test_a_tree_without_git_is_walked_with_the_ignores(tmp_path: Path) -> None:
+    for name in ("README.md", "docs/a.md", "target/debug/x.md", "python/m.egg-info/PKG-INFO", "core.so"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert [p.relative_to(tmp_path).as_posix() for p in repo_files(tmp_path)] == ["README.md", "docs/a.md"]
