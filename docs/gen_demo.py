@@ -37,12 +37,12 @@ if any((ROOT / "python" / "bftcore").glob("_core*")):
 def current_settings() -> dict[str, Any]:
     """What the code would record now (`DemoResult.summary()["settings"]`)."""
     from bftcore import demo
-    from bftcore.cache import VERSIONS
+    from bftcore.cache import VERSIONS, settings
     from bftcore.score import ScoreConfig
     from bftcore.toy import ToySettings
 
-    return {"versions": dict(VERSIONS), "toy": asdict(ToySettings()), "complete": asdict(demo.DEMO_COMPLETE),
-            "attack": json.loads(json.dumps(asdict(demo.DEMO_ATTACK))), "score": asdict(ScoreConfig())}
+    return {"versions": dict(VERSIONS), "toy": asdict(ToySettings()), "complete": settings(demo.DEMO_COMPLETE),
+            "attack": json.loads(json.dumps(settings(demo.DEMO_ATTACK))), "score": settings(ScoreConfig())}
 
 
 def transcript(run: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -63,3 +64,36 @@ def shared_data() -> Path:
         if candidate and Path(candidate, "README.md").is_file():
             return Path(candidate)
     raise FileNotFoundError("../shared/data not found; set BFTCORE_SHARED_DATA")
+
+
+# The real families, tiny: (vocabulary GGUF, chat template) in ../shared/data/llama-cpp-vocab
+FAMILY_FILES = {
+    "llama-3.1": ("ggml-vocab-llama-bpe.gguf", "meta-llama-Llama-3.1-8B-Instruct.jinja"),
+    "llama-3.2": ("ggml-vocab-llama-bpe.gguf", "meta-llama-Llama-3.1-8B-Instruct.jinja"),
+    "qwen2.5": ("ggml-vocab-qwen2.gguf", "Qwen-Qwen2.5-7B-Instruct.jinja"),
+    "qwen3": ("ggml-vocab-qwen2.gguf", "Qwen-Qwen3-0.6B.jinja"),
+    "llama-2": ("ggml-vocab-llama-spm.gguf", None),  # its template is embedded
+}
+
+
+def vocab_dir() -> Path:
+    return shared_data() / "llama-cpp-vocab"
+
+
+@functools.cache
+def family_pair(family: str) -> tuple[Path, Path]:
+    """(base, aligned) tiny model directories of a real family, built once under the cache."""
+    from bftcore.families import cached_pair
+
+    vocab, template = FAMILY_FILES[family]
+    return cached_pair(family, vocab_dir() / vocab,
+                       template=vocab_dir() / "templates" / template if template else None)
+
+
+def vocab_vectors(vocab: str) -> list[tuple[str, list[int]]]:
+    """llama.cpp's tokenizer test vectors of a vocabulary: (text, expected ids)."""
+    name = vocab_dir() / f"ggml-vocab-{vocab}.gguf"
+    texts = Path(f"{name}.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]
+    ids = Path(f"{name}.out").read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(texts) == len(ids) > 0
+    return [(t, [int(x) for x in i.split()]) for t, i in zip(texts, ids, strict=True)]

@@ -18,13 +18,12 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bftcore.cache import VERSIONS
+from bftcore.cache import VERSIONS, settings
 from bftcore.files import file_digest, tree_digest
 from bftcore.toy import ModelShape, ToySettings, toy_world
 from bftcore.train import TrainConfig
@@ -115,7 +114,7 @@ def attack_figures(root: Path) -> dict[str, Any]:
     for name in atk.ATTACKS:
         records = completion_records(tw.world)[:6] if name == "completion" else harmful
         result.extend(suite.run(name, records))
-    return {"config": asdict(cfg), "rows": [[r.attack, r.k, r.x, r.n] for r in result.rows],
+    return {"config": settings(cfg), "rows": [[r.attack, r.k, r.x, r.n] for r in result.rows],
             "continuations": [s.continuation for s in result.samples]}
 
 
@@ -153,8 +152,19 @@ def converted_figures(root: Path) -> dict[str, Any]:
             "weights": file_digest(dest / "model.safetensors")[:16]}
 
 
+def tiny_family_figures(root: Path) -> dict[str, Any]:
+    """A tiny Llama 2 pair from the real SentencePiece vocabulary: every file it writes."""
+    from bftcore.families import TinySize, tiny_pair
+    from conftest import vocab_dir
+
+    size = TinySize(hidden=16, layers=1, heads=4, kv_heads=2, intermediate=32)
+    tiny_pair("llama-2", vocab_dir() / "ggml-vocab-llama-spm.gguf", root / "pair", size=size)
+    return {f"{role}/{f.name}": file_digest(f)[:16] for role in ("base", "aligned")
+            for f in sorted((root / "pair" / role).iterdir())}
+
+
 STAGES = {"toy-world": toy_world_figures, "completion": completion_figures, "attack-rows": attack_figures,
-          "export": export_figures, "converted": converted_figures}
+          "export": export_figures, "converted": converted_figures, "tiny-family": tiny_family_figures}
 
 
 def compute(stage: str, root: Path) -> dict[str, Any]:

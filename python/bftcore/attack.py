@@ -50,6 +50,7 @@ class AttackConfig:
     exploit_temperatures: tuple[float, ...] = (0.7, 1.0, 1.5)
     exploit_top_ks: tuple[int, ...] = (0, 40)
     exploit_top_ps: tuple[float, ...] = (0.9, 1.0)
+    thinking: bool = False  # render prompts with the template's thinking block on (Qwen3)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,10 @@ class Suite:
         res.rows = [RateRow(self.model, self.arch, attack, k, "asr", int(sum(verdicts)), len(verdicts))]
         return res
 
+    def _prompt(self, r: Record) -> list[int]:
+        """The record's conversation through the chat template, up to the assistant's turn."""
+        return self.gen.prompt_ids(r.messages(), thinking=self.cfg.thinking)
+
     def _prefix_tokens(self, r: Record) -> list[int]:
         if not r.response:
             return []
@@ -162,7 +167,7 @@ class Suite:
         raise BadInput(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
 
     def direct(self, records: Sequence[Record], name: str = "direct") -> AttackResult:
-        inputs = [self.gen.prompt_ids(r.messages()) for r in records]
+        inputs = [self._prompt(r) for r in records]
         outs = self.gen.generate(inputs, Decoding(self.cfg.max_new_tokens, seed=self.cfg.seed),
                                  on_batch=self._tick(name, len(inputs)))
         return self._finish(name, None, records, [[]] * len(records), outs, [0] * len(records), "greedy")
@@ -175,7 +180,7 @@ class Suite:
             keep = [i for i, p in enumerate(full) if len(p) >= k]
             recs = [records[i] for i in keep]
             prefixes = [full[i][:k] for i in keep]
-            inputs = [self.gen.prompt_ids(r.messages()) + p for r, p in zip(recs, prefixes)]
+            inputs = [self._prompt(r) + p for r, p in zip(recs, prefixes)]
             if sampled:
                 reps = cfg.samples
                 d = Decoding(cfg.max_new_tokens, cfg.temperature, cfg.top_p, 0, cfg.seed)
@@ -195,7 +200,7 @@ class Suite:
     def rank_prefill(self, records: Sequence[Record], name: str = "rank-prefill") -> AttackResult:
         """Force, k times, the most likely of the model's top-n tokens that opens no refusal."""
         cfg, res = self.cfg, AttackResult()
-        prompts = [self.gen.prompt_ids(r.messages()) for r in records]
+        prompts = [self._prompt(r) for r in records]
         forced: list[list[int]] = [[] for _ in records]
         # Our definition of a refusal opener: at the first step, any token of a refusal phrase (a
         # refusal can open with a fragment of its words) or a blank one; later, a token that
@@ -240,7 +245,7 @@ class Suite:
         """Success for a prompt if any decoding configuration of the grid succeeds."""
         cfg = self.cfg
         grid = list(itertools.product(cfg.exploit_temperatures, cfg.exploit_top_ks, cfg.exploit_top_ps))
-        inputs = [self.gen.prompt_ids(r.messages()) for r in records]
+        inputs = [self._prompt(r) for r in records]
         any_success = np.zeros(len(records), dtype=bool)
         samples: list[Sample] = []
         tick = self._tick(name, len(grid) * len(inputs))
@@ -256,7 +261,8 @@ class Suite:
         return AttackResult([row], samples)
 
 
-def perplexity(gen: Any, records: Sequence[Record], *, model: str = "model", arch: str = "") -> dict[str, Any]:
+def perplexity(gen: Any, records: Sequence[Record], *, model: str = "model", arch: str = "",
+               thinking: bool = False) -> dict[str, Any]:
     """Perplexity of the records' responses given their prompts (teacher-forced, torch backend)."""
     import torch
 
@@ -267,7 +273,7 @@ def perplexity(gen: Any, records: Sequence[Record], *, model: str = "model", arc
         for r in records:
             if not r.response:
                 continue
-            p = prompt_ids(gen.tokenizer, r.messages())
+            p = prompt_ids(gen.tokenizer, r.messages(), thinking=thinking)
             t = response_ids(gen.tokenizer, r.response, eos=True)
             ids = torch.tensor([p + t], device=gen.device)
             logits = gen.model(input_ids=ids).logits[0, len(p) - 1: len(p) - 1 + len(t)].float()

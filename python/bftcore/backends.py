@@ -124,14 +124,10 @@ MAX_CONTEXT = 8192  # the default context: a 128k-context model's full KV cache 
 
 def gguf_context_length(path: str | Path) -> int:
     """The context length a GGUF file was trained with (0 when it does not say)."""
-    from gguf import GGUFReader
+    from bftcore.export.gguf import gguf_header  # its header only: the gguf package's reader decodes the vocabulary
 
-    reader = GGUFReader(str(path))
-    arch_field = reader.get_field("general.architecture")
-    if arch_field is None:
-        return 0
-    field = reader.get_field(f"{arch_field.contents()}.context_length")
-    return int(field.contents()) if field is not None else 0
+    values = gguf_header(path).values
+    return int(values.get(f"{values.get('general.architecture')}.context_length", 0))
 
 
 def open_llama(path: str | Path, *, n_ctx: int = 0, kv_f32: bool = False, logits_all: bool = False) -> Any:
@@ -171,8 +167,9 @@ class LlamaCppGenerator:
         self.n_vocab = int(self.llm.n_vocab())
         self.eos_ids = {self.tokenizer.eos_token_id}
 
-    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]:
-        return prompt_ids(self.tokenizer, prompt, chat=chat)
+    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True,
+                   thinking: bool = False) -> list[int]:
+        return prompt_ids(self.tokenizer, prompt, chat=chat, thinking=thinking)
 
     def _eval_to(self, ids: Sequence[int]) -> np.ndarray:
         """Log-probs of the next token after `ids`, reusing the cached common prefix."""
@@ -251,8 +248,9 @@ class OnnxGenerator:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.eos_ids = {tok.eos_token_id}
 
-    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]:
-        return prompt_ids(self.tokenizer, prompt, chat=chat)
+    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True,
+                   thinking: bool = False) -> list[int]:
+        return prompt_ids(self.tokenizer, prompt, chat=chat, thinking=thinking)
 
     def _empty_past(self, batch: int) -> np.ndarray:
         m = self.meta
@@ -354,8 +352,9 @@ class ServerGenerator:
         self.arch = ""
         self._by_text: dict[str, int] | None = None
 
-    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]:
-        return prompt_ids(self.tokenizer, prompt, chat=chat)
+    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True,
+                   thinking: bool = False) -> list[int]:
+        return prompt_ids(self.tokenizer, prompt, chat=chat, thinking=thinking)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
@@ -429,12 +428,21 @@ def detect_backend(target: str | Path) -> str:
     return "torch"
 
 
+def check_dtype(kind: str, dtype: str) -> None:
+    """--dtype picks the type PyTorch loads weights in; an exported artifact has its own."""
+    if kind != "torch" and dtype != "auto":
+        raise BadInput(f"--dtype applies to the torch backend; a {kind} target computes in the types of "
+                       "its own weights (choose them at export)")
+
+
 def open_generator(target: str | Path, backend: str = "auto", *, device: str = "cpu",
-                   tokenizer: str | Path | None = None) -> Any:
-    """A generator for a model directory, GGUF file, ONNX directory or server URL."""
+                   tokenizer: str | Path | None = None, dtype: str = "auto") -> Any:
+    """A generator for a model directory, GGUF file, ONNX directory or server URL; `dtype` (a
+    `bftcore.precision` name) is the torch backend's."""
     if backend not in BACKENDS:
         raise BadInput(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     kind = detect_backend(target) if backend == "auto" else backend
+    check_dtype(kind, dtype)
     if kind == "llamacpp":
         return LlamaCppGenerator(target)
     if kind == "onnx":
@@ -447,35 +455,40 @@ def open_generator(target: str | Path, backend: str = "auto", *, device: str = "
         return ServerGenerator(str(target), _tokenizer_of(tokenizer))
     from bftcore.generate import TorchGenerator
     from bftcore.models import load_model, load_tokenizer
+    from bftcore.precision import resolve_dtype, torch_dtype
 
     if str(target).startswith(("http://", "https://")):
         raise BadInput(f"{target}: a URL needs --backend server")
-    return TorchGenerator(load_model(target, device=device), load_tokenizer(target))
+    model = load_model(target, device=device, dtype=torch_dtype(resolve_dtype(dtype, device)))
+    return TorchGenerator(model, load_tokenizer(target))
 
 
 def open_target(target: str | Path, backend: str = "auto", *, device: str = "cpu",
                 tokenizer: str | Path | None = None, contrast_base: str | Path | None = None,
-                contrast_gamma: float = 2.0) -> tuple[Any, str]:
+                contrast_gamma: float = 2.0, dtype: str = "auto") -> tuple[Any, str]:
     """(generator, architecture) of a model to attack: a transformers model directory (a pickle-only
     one converted first, see `models.resolve_model`), a .gguf file, an ONNX export directory, or a
     server URL (with `tokenizer`: the served GGUF file or a tokenizer directory). `contrast_base`,
-    torch only: decode with contrastive suppression of that base model's favored tokens."""
+    torch only: decode with contrastive suppression of that base model's favored tokens. `dtype`
+    (a `bftcore.precision` name), torch only: the type both models are loaded in."""
     kind = detect_backend(target) if backend == "auto" else backend
     if kind != "torch" or str(target).startswith(("http://", "https://")):
         if contrast_base is not None:
             raise BadInput(f"--contrast-base needs the torch backend, not {kind}")
-        gen = open_generator(target, kind, device=device, tokenizer=tokenizer)
+        gen = open_generator(target, kind, device=device, tokenizer=tokenizer, dtype=dtype)
         return gen, str(gen.arch)
     from bftcore.generate import Contrast, TorchGenerator
     from bftcore.models import check_same_tokenizer, load_model, load_tokenizer, resolve_model
+    from bftcore.precision import resolve_dtype, torch_dtype
 
     path = resolve_model(target)
-    model, tok = load_model(path, device=device), load_tokenizer(path)
+    weights = torch_dtype(resolve_dtype(dtype, device))
+    model, tok = load_model(path, device=device, dtype=weights), load_tokenizer(path)
     contrast = None
     if contrast_base is not None:
         base = resolve_model(contrast_base)
         check_same_tokenizer(load_tokenizer(base), tok)
-        contrast = Contrast(load_model(base, device=device), contrast_gamma)
+        contrast = Contrast(load_model(base, device=device, dtype=weights), contrast_gamma)
     return TorchGenerator(model, tok, contrast=contrast), str(getattr(model.config, "model_type", ""))
 
 
@@ -490,9 +503,11 @@ def _tokenizer_of(path: str | Path) -> Any:
 
 @contextmanager
 def llama_server(gguf: str | Path, *, port: int = 0, ready_timeout: float = 120.0,
-                 logits_all: bool = True) -> Iterator[str]:
+                 logits_all: bool = True, n_ctx: int = 0) -> Iterator[str]:
     """Serve a GGUF file with llama-cpp-python's OpenAI-compatible server on 127.0.0.1 (a free
-    port unless told), yield its URL once it answers, and stop it on exit."""
+    port unless told), yield its URL once it answers, and stop it on exit. n_ctx 0 means the
+    file's context length, capped at MAX_CONTEXT (with logits_all the server holds n_ctx x vocab
+    floats: 5 GB for 8192 x Qwen's 152k)."""
     import socket
     import subprocess
     import sys
@@ -503,7 +518,7 @@ def llama_server(gguf: str | Path, *, port: int = 0, ready_timeout: float = 120.
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", str(min(gguf_context_length(gguf) or MAX_CONTEXT, MAX_CONTEXT)),
+           "--port", str(port), "--n_ctx", str(n_ctx or min(gguf_context_length(gguf) or MAX_CONTEXT, MAX_CONTEXT)),
            "--logits_all", str(logits_all).lower(), "--verbose", "false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

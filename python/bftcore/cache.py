@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ VERSIONS = {
     # attack.py, generate.py, judge.py, backends.py, chat.py: the rows measured on a model
     "attack-rows": 1,
     # export/: a GGUF or ONNX file for a given model directory
-    "export": 1,
+    "export": 2,
     # models.resolve_model: the safetensors copy of a pickle-only model directory
     "converted": 1,
+    # families.py: a tiny real-family model directory for a vocabulary, template, seed and size
+    "tiny-family": 2,
 }
 
 # the libraries whose versions change what a stage computes (numerics, tokenization, file layout)
@@ -38,7 +41,19 @@ LIBRARIES = {
     "attack-rows": ("torch", "transformers", "tokenizers", "llama_cpp_python", "onnxruntime"),
     "export": ("torch", "transformers", "gguf", "onnx", "onnxscript", "llama_cpp_python"),
     "converted": ("torch", "transformers", "safetensors"),
+    "tiny-family": ("torch", "transformers", "tokenizers", "gguf"),
 }
+
+
+# Settings added after entries were keyed, with the values under which a stage computes what it
+# did before they existed: there a setting stays out of a key (`settings`), so earlier keys still
+# hold. "auto" precision is float32 on a CPU; keys that leave the device out leave it out too.
+LATER_SETTINGS: dict[str, tuple[Any, ...]] = {"dtype": ("auto", "float32"), "thinking": (False,)}
+
+
+def settings(cfg: Any) -> dict[str, Any]:
+    """A settings dataclass as key input: its fields, less the later settings at their earlier values."""
+    return {k: v for k, v in asdict(cfg).items() if k not in LATER_SETTINGS or v not in LATER_SETTINGS[k]}
 
 
 def cache_root() -> Path:

@@ -33,13 +33,14 @@ from bftcore import complete as cp
 from bftcore import export as ex
 from bftcore import index as bfti
 from bftcore.backends import open_generator
-from bftcore.cache import VERSIONS, cache_root, model_digest, stage_key
+from bftcore.cache import VERSIONS, cache_root, model_digest, settings, stage_key
 from bftcore.corpus import Record, read_corpus
 from bftcore.files import atomic_write, atomic_write_json, file_digest
 from bftcore.generate import Contrast, TorchGenerator
 from bftcore.judge import KeywordJudge, PhraseJudge
 from bftcore.models import load_model, load_tokenizer
 from bftcore.pipeline import index_corpus
+from bftcore.precision import resolve_dtype
 from bftcore.progress import Progress
 from bftcore.score import ScoreConfig
 from bftcore.stats import NOT_SHOWN, Check, RateRow, exact_check, non_inferiority_check, reduction_check
@@ -95,8 +96,8 @@ class DemoResult:
             "parity": [p.to_dict() for p in self.parity], "skipped": self.skipped,
             # what decides these figures besides the world: a recorded run names them
             "settings": {"versions": dict(VERSIONS), "toy": asdict(self.world.settings),
-                         "complete": asdict(DEMO_COMPLETE),
-                         "attack": asdict(DEMO_ATTACK), "score": asdict(ScoreConfig())},
+                         "complete": settings(DEMO_COMPLETE),
+                         "attack": settings(DEMO_ATTACK), "score": settings(ScoreConfig())},
         }
 
 
@@ -236,7 +237,7 @@ def hardening_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: s
     A pure function of the weights, the data and the attack settings (greedy decoding and seeded
     sampling), so it is cached under a key of exactly those.
     """
-    inputs = {"name": name, "arch": arch, "model": model_digest(model_dir), "attack": asdict(DEMO_ATTACK),
+    inputs = {"name": name, "arch": arch, "model": model_digest(model_dir), "attack": settings(DEMO_ATTACK),
               "contrast_base": model_digest(contrast_base) if contrast_base else None,
               "artifact": model_digest(artifact) if artifact else None,
               "data": {f: file_digest(tw.data_dir / f"{f}.jsonl")
@@ -293,7 +294,7 @@ def completion_inputs(tw: Any, arch: str, *, device: str = "cpu", progress: Prog
     base, aligned = tw.model_dir(arch, "base"), tw.model_dir(arch, "aligned")
     files = {f: tw.data_dir / f"{f}.jsonl" for f in ("harmful_train", "benign_train")}
     key = stage_key("completion", {
-        "base": model_digest(base), "aligned": model_digest(aligned), "score": asdict(ScoreConfig()),
+        "base": model_digest(base), "aligned": model_digest(aligned), "score": settings(ScoreConfig()),
         "data": {f: file_digest(p) for f, p in files.items()},
         # the self-distilled refusals are generated: the generator's behaviour is an input too
         "generation": VERSIONS["attack-rows"]})
@@ -319,7 +320,8 @@ def completed_models(tw: Any, arch: str, methods: tuple[str, ...], *, device: st
     root, data, profile = completion_inputs(tw, arch, device=device, progress=progress, rebuild=rebuild)
     out: dict[str, Path] = {}
     for method in methods:
-        mcfg = replace(cfg, method=method)
+        # keyed with the type it trains in: float32 on a CPU leaves the key as it was, bf16 on a GPU enters it
+        mcfg = replace(cfg, method=method, dtype=resolve_dtype(cfg.dtype, device))
         dest = root / f"{method}-{mcfg.key()}"
         if rebuild or not dest.is_dir():
             cp.complete(tw.model_dir(arch, "base"), tw.model_dir(arch, "aligned"), data, dest, mcfg,

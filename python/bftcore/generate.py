@@ -1,6 +1,7 @@
 """Generation backends: one small interface that every attack is written against.
 
-    prompt_ids(prompt | messages, chat=True)   the rendered prompt's token ids (chat template, or raw)
+    prompt_ids(prompt | messages, chat=True, thinking=False)
+                                               the rendered prompt's token ids (chat template, or raw)
     generate(inputs, decoding, seeds=None)     continuations of token-id inputs (a rendered prompt,
                                                optionally followed by a forced assistant prefix),
                                                cut at the end-of-turn token
@@ -43,7 +44,8 @@ class Decoding:
 class Generator(Protocol):
     tokenizer: Any
 
-    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]: ...
+    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True,
+                   thinking: bool = False) -> list[int]: ...
 
     def generate(self, inputs: Sequence[Sequence[int]], decoding: Decoding,
                  seeds: Sequence[int] | None = None,
@@ -104,8 +106,9 @@ class TorchGenerator:
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters \
             else "past_key_values"
 
-    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True) -> list[int]:
-        return prompt_ids(self.tokenizer, prompt, chat=chat)
+    def prompt_ids(self, prompt: str | list[dict[str, str]], *, chat: bool = True,
+                   thinking: bool = False) -> list[int]:
+        return prompt_ids(self.tokenizer, prompt, chat=chat, thinking=thinking)
 
     def _batches(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
         order = sorted(range(len(inputs)), key=lambda i: (len(inputs[i]), i))

@@ -91,7 +91,24 @@ def load_tokenizer(path: str | Path) -> Any:
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise BadInput(f"{path}: no tokenizer files")
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    if (path / "tokenizer.json").is_file() and _rebuilt_pipeline(tok, path / "tokenizer.json"):
+        # transformers 5's LlamaTokenizer rebuilds its normalizer and pre-tokenizer from flags, and
+        # then tokenizes unlike SentencePiece at the start of a text and after special tokens;
+        # tokenizer.json (what llama.cpp and SentencePiece agree with) is read as written instead
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return tok
+
+
+def _rebuilt_pipeline(tok: Any, tokenizer_json: Path) -> bool:
+    """Whether the tokenizer class replaced tokenizer.json's normalizer or pre-tokenizer."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    loaded, written = json.loads(backend.to_str()), json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    return any(loaded.get(k) != written.get(k) for k in ("normalizer", "pre_tokenizer"))
 
 
 def tokenizer_hash(tokenizer: Any) -> str:

@@ -49,7 +49,7 @@ def score_records(records: Sequence[Record], base: str | Path, aligned: str | Pa
         raise BadInput(f"too_long must be one of {', '.join(TOO_LONG)}, not {too_long!r}")
     base, aligned = resolve_model(base), resolve_model(aligned)
     if too_long == "refuse":
-        _refuse_too_long(records, aligned, score.max_length)
+        _refuse_too_long(records, aligned, score)
     rank, world = dist.rank_world()
     summary = score_corpus(records, base, aligned, out_dir, score, device=dist.local_device(str(resolve_device(device))),
                            progress=progress, rank=rank, world_size=world)
@@ -129,7 +129,7 @@ def _given_shards(paths: Sequence[Path]) -> list[Path] | None:
     return sorted(s for p in shards for s in found[p]) if shards else None
 
 
-def _refuse_too_long(records: Sequence[Record], aligned: Path, max_length: int | None) -> None:
+def _refuse_too_long(records: Sequence[Record], aligned: Path, score: ScoreConfig) -> None:
     """BadInput before any scoring when a prompt does not fit the context (`too_long="refuse"`)."""
     from transformers import AutoConfig
 
@@ -137,9 +137,10 @@ def _refuse_too_long(records: Sequence[Record], aligned: Path, max_length: int |
     from bftcore.models import load_tokenizer
 
     tok = load_tokenizer(aligned)
-    context = max_length or getattr(AutoConfig.from_pretrained(aligned, local_files_only=True),
-                                    "max_position_embeddings", None) or 4096
-    over = [(r, n) for r in records if (n := len(prompt_ids(tok, r.messages()))) >= context]
+    context = score.max_length or getattr(AutoConfig.from_pretrained(aligned, local_files_only=True),
+                                          "max_position_embeddings", None) or 4096
+    over = [(r, n) for r in records
+            if (n := len(prompt_ids(tok, r.messages(), thinking=score.thinking))) >= context]
     if over:
         first, n = over[0]
         raise BadInput(f"{first.source}: a prompt of {n} tokens leaves no room in the context of {context} "

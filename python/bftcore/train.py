@@ -2,7 +2,7 @@
 
 An example is a token sequence with per-token loss weights (0 on the prompt, 1 on the target).
 AdamW, linear warmup then cosine decay, gradient clipping, gradient accumulation, bf16 autocast on
-a GPU. Deterministic for a seed on one machine: the data order comes from a seeded generator.
+a GPU (over float32 weights and optimizer state). Deterministic for a seed on one machine: the data order comes from a seeded generator.
 
 The pieces (`make_optimizer`, `lr_at`, `set_lr`, `autocast`, `clip_and_step`) are what
 `bftcore.complete`'s loop uses too, so the two loops cannot drift apart in how they step.
@@ -79,9 +79,15 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on a GPU; a no-op elsewhere (CPU runs stay float32 and bit-reproducible)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, dtype: torch.dtype | None = None) -> torch.autocast:
+    """Autocast to `dtype` (bf16, fp16) on `device`, float32 weights staying float32; a no-op for
+    float32. Without a dtype: bf16 on a GPU, a no-op elsewhere (CPU runs stay float32 and
+    bit-reproducible)."""
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    on = dtype != torch.float32
+    # a disabled autocast still checks its dtype: name one every device type takes
+    return torch.autocast(device.type, dtype=dtype if on else torch.bfloat16, enabled=on)
 
 
 def clip_and_step(model: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> float:

@@ -15,6 +15,7 @@ One module per command group; none loads a model itself, each calls one library 
     complete.py  complete                      bftcore.complete.harden
     export.py    export                        bftcore.export
     report.py    report                        bftcore.report
+    models.py    models tiny                   bftcore.families
     common.py    consoles, progress, tables, option groups
 """
 
@@ -32,6 +33,7 @@ from bftcore.cli.complete import complete
 from bftcore.cli.demo import demo
 from bftcore.cli.export import export_cmd
 from bftcore.cli.index import index_cmd, inspect, merge_cmd, score
+from bftcore.cli.models import models
 from bftcore.cli.report import report
 from bftcore.cli.toy import toy
 from bftcore.errors import BadInput, CheckFailed
@@ -67,7 +69,7 @@ def cli(allow_pickle: bool) -> None:
         models.ALLOW_PICKLE = True
 
 
-for _command in (toy, demo, score, index_cmd, merge_cmd, inspect, attack, complete, export_cmd, report):
+for _command in (toy, demo, score, index_cmd, merge_cmd, inspect, attack, complete, export_cmd, report, models):
     cli.add_command(_command)
 
 

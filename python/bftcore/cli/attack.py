@@ -7,7 +7,17 @@ from typing import Any
 
 import click
 
-from bftcore.cli.common import console, corpus_options, emit_json, lines, options_to, progress_bars, rows_table
+from bftcore.cli.common import (
+    console,
+    corpus_options,
+    dtype_option,
+    emit_json,
+    lines,
+    options_to,
+    progress_bars,
+    rows_table,
+    thinking_option,
+)
 from bftcore.errors import BadInput
 
 
@@ -22,11 +32,11 @@ def _int_list(value: str) -> tuple[int, ...]:
 
 
 def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_new_tokens: int,
-                   seed: int) -> Any:
+                   seed: int, thinking: bool) -> Any:
     from bftcore.attack import AttackConfig
 
     return AttackConfig(ks=_int_list(ks), max_new_tokens=max_new_tokens, seed=seed, samples=samples,
-                        temperature=temperature, top_p=top_p)
+                        temperature=temperature, top_p=top_p, thinking=thinking)
 
 
 @click.command()
@@ -63,15 +73,17 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
               help="Decode with contrastive suppression of this base model's favored tokens (inference-time variant).")
 @click.option("--contrast-gamma", type=click.FloatRange(min=0), default=2.0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@dtype_option("The torch backend's model and --contrast-base; a GGUF or ONNX target has its own types.")
+@thinking_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write results.parquet, samples.parquet, results.md, asr_vs_k.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the rows.")
 @corpus_options
-@options_to("cfg", _attack_config, "ks", "samples", "temperature", "top_p", "max_new_tokens", "seed")
+@options_to("cfg", _attack_config, "ks", "samples", "temperature", "top_p", "max_new_tokens", "seed", "thinking")
 def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
            tokenizer_path: Path | None, name: str | None, tag: str, limit: int | None, cfg: Any,
            benign: Path | None, refusal_keywords: Path | None, judge_template: Path | None,
            judge_label: str | None, toy_seed: int, lm_eval_tasks: str | None, contrast_base: Path | None,
-           contrast_gamma: float, device: str, out: Path | None, as_json: bool, read: Any) -> None:
+           contrast_gamma: float, device: str, dtype: str, out: Path | None, as_json: bool, read: Any) -> None:
     """Attack a model and report each attack's success rate (x/n, 95% Wilson interval).
 
     Prefilling forces the first k tokens of each record's harmful response as the start of the
@@ -92,19 +104,19 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
 
     names = _attack_names(attacks)
     kind = detect_backend(model) if backend == "auto" else backend
-    _check_torch_only(kind, benign, lm_eval_tasks, contrast_base)
+    _check_torch_only(kind, benign, lm_eval_tasks, contrast_base, dtype)
     dev = str(resolve_device(device))
     records = read_corpus(data, read)[0][:limit]
     judge, openers = _judge(judge_spec, toy_seed, refusal_keywords, judge_template, judge_label, dev)
     gen, arch = open_target(model, kind, device=dev, tokenizer=tokenizer_path, contrast_base=contrast_base,
-                            contrast_gamma=contrast_gamma)
+                            contrast_gamma=contrast_gamma, dtype=dtype)
     label = name or (model if kind == "server" else Path(model).resolve().name)
     result = atk.AttackResult()
     with progress_bars() as bar:
         suite = atk.Suite(gen, judge, cfg, model=label, arch=arch, openers=openers, progress=bar)
         for a in names:
             result.extend(suite.run(a, records, tag=tag))
-    result.measures += _measures(gen, label, arch, model, benign, lm_eval_tasks, dev)
+    result.measures += _measures(gen, label, arch, model, benign, lm_eval_tasks, dev, cfg.thinking)
     if out:
         atk.write_results(result, out)
     _print_attack(result, judge.name, len(records), label, out, as_json)
@@ -121,8 +133,11 @@ def _attack_names(attacks: str) -> list[str]:
 
 
 def _check_torch_only(kind: str, benign: Path | None, lm_eval_tasks: str | None,
-                      contrast_base: Path | None) -> None:
-    """What only the PyTorch backend measures, refused before anything loads."""
+                      contrast_base: Path | None, dtype: str) -> None:
+    """What only the PyTorch backend measures or sets, refused before anything loads."""
+    from bftcore.backends import check_dtype
+
+    check_dtype(kind, dtype)
     if lm_eval_tasks:
         import importlib.util
 
@@ -150,14 +165,14 @@ def _judge(spec: str, toy_seed: int, refusal_keywords: Path | None, template: Pa
 
 
 def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,
-              lm_eval_tasks: str | None, device: str) -> list[dict[str, Any]]:
+              lm_eval_tasks: str | None, device: str, thinking: bool) -> list[dict[str, Any]]:
     """Capability beside the attacks: perplexity on benign responses, lm-eval-harness tasks."""
     from bftcore import attack as atk
     from bftcore.corpus import read_corpus
 
     out = []
     if benign:
-        out.append(atk.perplexity(gen, read_corpus([benign])[0], model=label, arch=arch))
+        out.append(atk.perplexity(gen, read_corpus([benign])[0], model=label, arch=arch, thinking=thinking))
     if lm_eval_tasks:
         out.append({"model": label, "arch": arch, "metric": "lm_eval",
                     "value": atk.lm_eval(Path(model), lm_eval_tasks.split(","), device), "tokens": 0})

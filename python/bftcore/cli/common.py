@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bftcore import dist
+from bftcore.precision import DTYPES
 from bftcore.progress import Progress as ProgressCallback
 from bftcore.progress import plain_lines, progress_every
 
@@ -91,12 +92,26 @@ def corpus_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ], options_to("read", ReadOptions, "format", "prompt_column", "response_column", "label", "skip_bad"))(fn)
 
 
+def dtype_option(detail: str) -> Decorator:
+    """--dtype: the type the command's models run in (a `bftcore.precision` name)."""
+    return click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                        help=f"Type the models run in; auto: bfloat16 on a CUDA GPU that supports it, else float32. {detail}")
+
+
+def thinking_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--thinking: the chat template's thinking block on (off by default)."""
+    return click.option("--thinking", is_flag=True,
+                        help="Render prompts with thinking on, for templates with an enable_thinking switch "
+                             "(Qwen3). Off by default: the assistant turn starts after an empty thinking block.")(fn)
+
+
 def _score_config(k: int, tau: float, batch_tokens: int, shard_size: int, max_length: int | None,
-                  no_generate: bool, max_new_tokens: int) -> Any:
+                  no_generate: bool, max_new_tokens: int, dtype: str, thinking: bool) -> Any:
     from bftcore.score import ScoreConfig
 
     return ScoreConfig(k=k, tau=tau, batch_tokens=batch_tokens, shard_size=shard_size, max_length=max_length,
-                       generate_missing=not no_generate, max_new_tokens=max_new_tokens)
+                       generate_missing=not no_generate, max_new_tokens=max_new_tokens, thinking=thinking,
+                       dtype=dtype)
 
 
 def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,8 +127,10 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--no-generate", is_flag=True, help="Skip records without a response instead of scoring the base model's own greedy response."),
         click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Length of generated responses."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto."),
+        dtype_option("Statistics are computed in float32 whatever the type."),
+        thinking_option,
     ], options_to("scoring", _score_config, "k", "tau", "batch_tokens", "shard_size", "max_length",
-                  "no_generate", "max_new_tokens"))(fn)
+                  "no_generate", "max_new_tokens", "dtype", "thinking"))(fn)
 
 
 def lines(path: Path) -> list[str]:

@@ -8,13 +8,21 @@ from typing import Any
 import click
 
 from bftcore import dist
-from bftcore.cli.common import console, corpus_options, emit_json, options_to, progress_bars
+from bftcore.cli.common import (
+    console,
+    corpus_options,
+    dtype_option,
+    emit_json,
+    options_to,
+    progress_bars,
+    thinking_option,
+)
 from bftcore.complete import METHODS, PENALTIES, TEACHERS, CompleteConfig, HardenInputs, harden
 
 # the options that are CompleteConfig's fields (the adapter's alpha follows its rank: 2 r)
 CONFIG_OPTIONS = ("method", "steps", "batch_size", "grad_accum", "lr", "harmful_frac", "seed", "alpha", "lam",
                   "penalty", "beta", "teacher", "gamma", "direct_frac", "max_prefix", "lora", "lora_r",
-                  "checkpoint_every", "fsdp", "grad_checkpointing")
+                  "checkpoint_every", "fsdp", "grad_checkpointing", "dtype", "thinking")
 # the options that are HardenInputs' fields: what to train on, where from and where to
 INPUT_OPTIONS = ("aligned", "data", "benign", "out", "base", "index", "base_shards", "read", "refusals",
                  "refusal_keywords", "max_length", "merge", "device")
@@ -69,6 +77,9 @@ def _harden_inputs(**options: Any) -> HardenInputs:
 @click.option("--fsdp", is_flag=True, help="Under torchrun: shard weights, gradients and optimizer state over ranks (FSDP2) instead of DDP.")
 @click.option("--grad-checkpointing", is_flag=True, help="Recompute activations in the backward pass: less memory, slower steps.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@dtype_option("The forward autocasts to it; trained weights and AdamW state stay float32 (a LoRA run's frozen "
+              "weights are kept in it). float16 is refused: it needs loss scaling.")
+@thinking_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run card's summary as JSON.")
 @corpus_options
 @options_to("cfg", _complete_config, *CONFIG_OPTIONS)

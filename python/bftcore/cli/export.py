@@ -29,8 +29,9 @@ def export_cmd(model: Path, target: str, dtype: str | None, out: Path, verify: b
                as_json: bool) -> None:
     """Export a model directory (or LoRA adapter) to GGUF for llama.cpp or to ONNX for onnxruntime.
 
-    GGUF: Llama and Qwen2; byte-level BPE (GPT-2, Qwen2, Llama 3 pre-tokenizers) and
-    SentencePiece-style tokenizers; special tokens and the chat template go along. q4_k_m is
+    GGUF: Llama (Llama 2, Llama 3.x with its rope scaling), Qwen2/Qwen2.5 and Qwen3; byte-level BPE
+    (GPT-2, Qwen2, Llama 3 pre-tokenizers) and SentencePiece-style tokenizers; special tokens and the
+    chat template go along. q4_k_m is
     made by llama.cpp's quantizer. ONNX: one graph with a KV cache, tokenizer and config beside it.
     With --verify, exits 3 when a token id differs or argmax agreement is below --min-agreement.
 

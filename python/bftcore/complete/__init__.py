@@ -12,8 +12,9 @@
              qi-constrained  Qi et al. token-wise constrained objective on the same examples
              derta           DeRTa: x, h_<k -> s(x) with k uniform over the response, and the
                              refusal's first token as the target at every harmful position
-    loop     AdamW, warmup, cosine decay, accumulation, clipping, bf16 autocast on a GPU (the pieces
-             of `bftcore.train`); the batch of a step is a pure function of (seed, step), so a
+    loop     AdamW, warmup, cosine decay, accumulation, clipping, autocast to --dtype (bf16 on a
+             GPU by default) over float32 weights and optimizer state (the pieces of
+             `bftcore.train`); the batch of a step is a pure function of (seed, step), so a
              checkpoint (weights, optimizer, step) resumes exactly; DDP (or FSDP2) under torchrun,
              each rank taking a slice of the global batch with losses normalised by the global
              counts (the same curve as one process).

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from bftcore.cache import settings
 from bftcore.errors import BadInput
 from bftcore.files import json_digest
+from bftcore.precision import DTYPES
 
 METHODS = ("bft", "sft", "qi-augment", "qi-constrained", "derta")
 TEACHERS = ("hybrid", "suppressed", "off")
@@ -43,6 +45,10 @@ class CompleteConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     checkpoint_every: int = 50
+    # precision (bftcore.precision): the forward autocasts to it over float32 weights and optimizer
+    # state; "auto" is resolved for the device before a run is keyed
+    dtype: str = "auto"
+    thinking: bool = False  # prompts rendered with the template's thinking block on (Qwen3)
     # how, not what: neither changes the weights a run converges to, so neither is in the key
     fsdp: bool = False  # under torchrun: FSDP2 (fully_shard per decoder layer) instead of DDP
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
@@ -59,11 +65,15 @@ class CompleteConfig:
             raise BadInput("--steps must be >= 1, --batch-size >= 2, --grad-accum >= 1")
         if not 0.0 < self.harmful_frac < 1.0:
             raise BadInput("--harmful-frac must lie strictly between 0 and 1")
+        if self.dtype not in DTYPES:
+            raise BadInput(f"unknown dtype {self.dtype!r} (choose from {', '.join(DTYPES)})")
+        if self.dtype == "float16":  # float16 gradients underflow without loss scaling, which the loop has not
+            raise BadInput("--dtype float16 is for inference (score, attack); train in bfloat16 or float32")
 
     def key(self) -> str:
         """Hash of everything that decides the final weights (not checkpoint_every, fsdp or
         grad_checkpointing)."""
-        d = asdict(self)
+        d = settings(self)  # dtype and thinking enter only where they change what runs
         for how in ("checkpoint_every", "fsdp", "grad_checkpointing"):
             d.pop(how)
         return json_digest(d)[:16]

@@ -72,10 +72,11 @@ class CompletionData:
 def build_data(harmful: Sequence[Record], benign: Sequence[Record], aligned_gen: Any, *,
                refuses: Callable[[str], bool], templates: Sequence[str] = DEFAULT_REFUSALS,
                max_length: int = 512, max_new_tokens: int = 64,
-               progress: Progress | None = None) -> CompletionData:
+               progress: Progress | None = None, thinking: bool = False) -> CompletionData:
     """Token-level training data. `refuses(text) -> bool` is the judge that decides whether the
     aligned model's own answer to a clean harmful prompt is a refusal (then it is s(x)); otherwise
-    a template refusal (chosen by a hash of the record id) stands in."""
+    a template refusal (chosen by a hash of the record id) stands in. `thinking`: prompts rendered
+    with the template's thinking block on (`chat.prompt_ids`)."""
     from bftcore.generate import Decoding
     from bftcore.progress import counter
 
@@ -88,7 +89,7 @@ def build_data(harmful: Sequence[Record], benign: Sequence[Record], aligned_gen:
                        "(the harmful prefixes it trains recovery from)")
     if not [r for r in benign if r.response]:
         raise BadInput("no benign records with a response: completion needs benign anchor pairs")
-    prompts = [prompt_ids(tok, r.messages()) for r in usable]
+    prompts = [prompt_ids(tok, r.messages(), thinking=thinking) for r in usable]
     outs = aligned_gen.generate(prompts, Decoding(max_new_tokens),
                                 on_batch=counter(progress, "self-distilled refusals", len(prompts)))
     items: list[HarmfulItem] = []
@@ -107,7 +108,7 @@ def build_data(harmful: Sequence[Record], benign: Sequence[Record], aligned_gen:
     anchors = []
     for r in benign:
         if r.response:
-            p, y = prompt_ids(tok, r.messages()), response_ids(tok, r.response)
+            p, y = prompt_ids(tok, r.messages(), thinking=thinking), response_ids(tok, r.response)
             if len(p) + len(y) <= max_length:
                 anchors.append(BenignItem(r.id, p, y))
     if not items or not anchors:

@@ -18,7 +18,7 @@ from bftcore.complete.config import CompleteConfig, check_run, needs_base_model
 from bftcore.complete.data import DEFAULT_REFUSALS, CompletionData, build_data, prepare_data, work_dir
 from bftcore.complete.loop import RunResult, Trainer, train_loop
 from bftcore.complete.profile import RetentionProfile
-from bftcore.complete.scaling import distribute, enable_grad_checkpointing, unsharded, with_lora
+from bftcore.complete.scaling import distribute, enable_grad_checkpointing, trainee_dtype, unsharded, with_lora
 from bftcore.corpus import ReadOptions
 from bftcore.errors import BadInput
 from bftcore.files import atomic_dir
@@ -37,28 +37,31 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
     import torch
 
     from bftcore.models import load_model, load_tokenizer, tokenizer_hash
+    from bftcore.precision import resolve_dtype, torch_dtype
 
     rank, world = dist.rank_world()
     check_run(cfg, world=world, index=profile is not None, base=base is not None,
               base_stats=base_stats is not None, merge=merge)
+    cfg = replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # keyed and carded as it ran
     profile = profile or RetentionProfile.uniform()
     torch.manual_seed(cfg.seed)
     aligned = Path(aligned)
     tok = load_tokenizer(aligned)
-    model = load_model(aligned, device=device)
+    model = load_model(aligned, device=device, dtype=trainee_dtype(cfg))
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
     reference = None
+    frozen = torch_dtype(cfg.dtype)  # models that never train are kept in the compute type
     if cfg.lora:  # the frozen aligned model is the trainee with its adapter disabled
         model = with_lora(model, cfg)
     elif cfg.method in ("bft", "qi-constrained"):
-        reference = load_model(aligned, device=device).requires_grad_(False)
+        reference = load_model(aligned, device=device, dtype=frozen).requires_grad_(False)
     base_model = None
     if needs_base_model(cfg, base_stats=base_stats is not None):
         assert base is not None  # check_run
         if tokenizer_hash(load_tokenizer(Path(base))) != tokenizer_hash(tok):
             raise BadInput("the base and aligned models do not share a tokenizer")
-        base_model = load_model(Path(base), device=device).requires_grad_(False)
+        base_model = load_model(Path(base), device=device, dtype=frozen).requires_grad_(False)
     ddp = distribute(model, [m for m in (reference, base_model) if m is not None], cfg, world)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     trainer = Trainer(model, reference, base_model, cfg, profile, pad, ddp=ddp, base_stats=base_stats)
@@ -121,6 +124,7 @@ def harden(inputs: HardenInputs, cfg: CompleteConfig, *, progress: Progress | No
     from bftcore.generate import TorchGenerator
     from bftcore.judge import KeywordJudge
     from bftcore.models import load_model, load_tokenizer, resolve_device, resolve_model, tokenizer_hash
+    from bftcore.precision import resolve_dtype, torch_dtype
 
     rank, world = dist.rank_world()
     check_run(cfg, world=world, index=inputs.index is not None, base=inputs.base is not None,
@@ -135,9 +139,10 @@ def harden(inputs: HardenInputs, cfg: CompleteConfig, *, progress: Progress | No
     judge = KeywordJudge(extra=[*templates, *(_lines(inputs.refusal_keywords) if inputs.refusal_keywords else [])])
 
     def build() -> CompletionData:
-        gen = TorchGenerator(load_model(aligned, device=device), load_tokenizer(aligned))
+        weights = torch_dtype(resolve_dtype(cfg.dtype, device))
+        gen = TorchGenerator(load_model(aligned, device=device, dtype=weights), load_tokenizer(aligned))
         return build_data(harmful, benign, gen, refuses=judge.refuses, templates=templates,
-                          max_length=inputs.max_length, progress=progress)
+                          max_length=inputs.max_length, progress=progress, thinking=cfg.thinking)
 
     data = prepare_data(inputs.out, build)
     stats = None

@@ -37,6 +37,7 @@ class Trainer:
     def __init__(self, model: Any, reference: Any, base: Any, cfg: CompleteConfig,
                  profile: RetentionProfile, pad_id: int, *, ddp: Any = None,
                  base_stats: ShardBaseStats | None = None) -> None:
+        from bftcore.precision import resolve_dtype, torch_dtype
         from bftcore.train import make_optimizer
 
         self.model, self.reference, self.base = model, reference, base
@@ -44,6 +45,7 @@ class Trainer:
         self.ddp = ddp  # the DDP-wrapped trainee under torchrun (its forward syncs gradients)
         self.base_stats = base_stats  # the base top-k from scored shards, instead of `base`
         self.device = next(model.parameters()).device
+        self.compute = torch_dtype(resolve_dtype(cfg.dtype, self.device))  # the forward's type (autocast)
         self.opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
 
     def reference_logp(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
@@ -54,7 +56,7 @@ class Trainer:
 
         from bftcore.train import autocast
 
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), autocast(self.device, self.compute):
             if self.reference is not None:
                 logits = self.reference(input_ids=ids, attention_mask=mask).logits
             else:
@@ -71,7 +73,7 @@ class Trainer:
 
         used, local = torch.unique(rows, return_inverse=True)
         width = int(cols.max()) + 1
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), autocast(self.device, self.compute):
             logits = self.base(input_ids=b.ids[used, :width], attention_mask=b.mask[used, :width]).logits
             return torch.log_softmax(logits[local, cols].float(), -1)
 
@@ -92,7 +94,7 @@ class Trainer:
         from bftcore.train import autocast
 
         fwd = self.ddp if self.ddp is not None else self.model
-        with autocast(self.device):
+        with autocast(self.device, self.compute):
             logits = fwd(input_ids=b.ids, attention_mask=b.mask).logits
         ctx = LossContext(self.cfg, self.profile, norm, self.reference_logp, self.base_logp, self.base_topk)
         terms = REGISTRY[self.cfg.method].loss(b, logits, ctx)

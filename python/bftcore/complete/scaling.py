@@ -13,13 +13,24 @@ from bftcore.complete.config import CompleteConfig
 from bftcore.errors import BadInput
 
 
+def trainee_dtype(cfg: CompleteConfig) -> Any:
+    """The type the trainee is loaded in. Full weights: float32, the master copy that AdamW (float32
+    state) steps, with the forward autocast to cfg.dtype. LoRA: cfg.dtype for the frozen weights;
+    peft keeps the adapter, the only weights that train, in float32."""
+    import torch
+
+    from bftcore.precision import torch_dtype
+
+    return torch_dtype(cfg.dtype) if cfg.lora else torch.float32
+
+
 def with_lora(model: Any, cfg: CompleteConfig) -> Any:
     """The model with a LoRA adapter on every linear layer; only the adapter trains."""
     from peft import LoraConfig, get_peft_model
 
     lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                     target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lc)
+    return get_peft_model(model, lc, autocast_adapter_dtype=True)  # the adapter in float32 over any base
 
 
 def enable_grad_checkpointing(model: Any) -> None:
@@ -71,7 +82,7 @@ def unsharded(model: Any, aligned: Path, cfg: CompleteConfig, rank: int) -> Any:
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return None
-    plain = load_model(aligned, device="cpu")
+    plain = load_model(aligned, device="cpu", dtype=trainee_dtype(cfg))
     if cfg.lora:
         plain = with_lora(plain, cfg)
     plain.load_state_dict(full)

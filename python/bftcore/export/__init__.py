@@ -14,10 +14,17 @@ tokenizer files, config.json and `export.json` sit beside it.
 argmax agreement over real positions; for GGUF also a second, independent reading of the file by
 transformers (`gguf_file=`).
 
-Modules: source (the model directory's config, checked for what can be exported), gguf (the
-tokenizer's vocabulary, tensor names, the GGUF writer, K-quants through llama.cpp), onnx (the
+Architectures: Llama (default RoPE, or Llama 3's scaled RoPE written as llama.cpp's `rope_freqs`
+tensor), Qwen2 (q/k/v biases) and Qwen3 (q/k norms, explicit head_dim); tied heads write no
+output.weight. The config is read in the hub's layout (`rope_scaling` + `rope_theta`) and in
+transformers 5's (`rope_parameters`).
+
+Modules: source (the model directory's config, checked for what can be exported; RoPE and Llama 3's
+frequency divisors), gguf (the tokenizer's vocabulary and special tokens, tensor names, the GGUF
+writer, K-quants through llama.cpp, a header reader that skips the vocabulary's arrays), onnx (the
 KV-cache step graph and its export), verify (`Parity`, the probe texts, the readers and the
-comparison). Here: `export` (the dispatch behind `bftcore export`) and `check_source`.
+comparison, several artifacts against one PyTorch run). Here: `export` (the dispatch behind
+`bftcore export`) and `check_source`.
 """
 
 from __future__ import annotations
@@ -30,22 +37,44 @@ from bftcore.export.gguf import (
     GGUF_DTYPES,
     LLAMA3_REGEX,
     QWEN2_REGEX,
+    ROPE_FREQS,
+    GGUFHeader,
     GGUFVocab,
     export_gguf,
+    gguf_header,
     gguf_name,
     gguf_tensor_types,
+    gguf_tensors,
     rope_permute,
     tokenizer_vocab,
 )
 from bftcore.export.onnx import export_onnx
-from bftcore.export.source import SUPPORTED_ARCHS, _check_config, _config
-from bftcore.export.verify import PROBE_TEXTS, Parity, min_agreement, verify, verify_texts
+from bftcore.export.source import (
+    ROPE_TYPES,
+    SUPPORTED_ARCHS,
+    Rope,
+    _check_config,
+    _config,
+    llama3_freq_factors,
+    rope_config,
+)
+from bftcore.export.verify import (
+    PROBE_TEXTS,
+    Parity,
+    min_agreement,
+    transformers_reads_gguf,
+    verify,
+    verify_many,
+    verify_texts,
+)
 from bftcore.models import load_model
 
 __all__ = [
-    "GGUF_DTYPES", "LLAMA3_REGEX", "PROBE_TEXTS", "QWEN2_REGEX", "SUPPORTED_ARCHS", "TARGETS", "GGUFVocab", "Parity",
-    "check_source", "export", "export_gguf", "export_onnx", "gguf_name", "gguf_tensor_types", "min_agreement",
-    "rope_permute", "tokenizer_vocab", "verify", "verify_texts",
+    "GGUF_DTYPES", "LLAMA3_REGEX", "PROBE_TEXTS", "QWEN2_REGEX", "ROPE_FREQS", "ROPE_TYPES", "SUPPORTED_ARCHS",
+    "TARGETS", "GGUFHeader", "GGUFVocab", "Parity", "Rope", "check_source", "export", "export_gguf", "export_onnx",
+    "gguf_header", "gguf_name",
+    "gguf_tensor_types", "gguf_tensors", "llama3_freq_factors", "min_agreement", "rope_config", "rope_permute",
+    "tokenizer_vocab", "transformers_reads_gguf", "verify", "verify_many", "verify_texts",
 ]
 
 TARGETS = ("gguf", "onnx")
@@ -61,7 +90,7 @@ def check_source(model_dir: str | Path, to: str) -> None:
     else:  # an adapter: its merged model's config
         cfg = _check_config(load_model(model_dir).config.to_dict(), model_dir)
     if to == "gguf":
-        tokenizer_vocab(model_dir, int(cfg["vocab_size"]))
+        tokenizer_vocab(model_dir, int(cfg["vocab_size"]), cfg)
 
 
 def export(model_dir: str | Path, to: str, out: str | Path, dtype: str = "f16",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,8 @@ def verify_texts(model_dir: str | Path, data: Sequence[str | Path] = (), limit: 
     def chat(messages: list[dict[str, str]], response: str) -> str:
         if not has_chat_template(tok):
             return messages[-1]["content"] + " " + response
-        return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)) + response
+        return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                           enable_thinking=False)) + response  # as every stage renders
 
     if data:
         records, _ = read_corpus(list(data))
@@ -73,58 +74,86 @@ def verify_texts(model_dir: str | Path, data: Sequence[str | Path] = (), limit: 
     return [*PROBE_TEXTS, *(chat([{"role": "user", "content": t}], t) for t in PROBE_TEXTS)]
 
 
-def verify(model_dir: str | Path, artifact: str | Path, texts: Sequence[str], dtype: str = "") -> list[Parity]:
-    """Compare an exported GGUF file or ONNX directory with the PyTorch model on `texts`."""
-    model_dir, artifact = Path(model_dir), Path(artifact)
+def verify(model_dir: str | Path, artifact: str | Path, texts: Sequence[str], dtype: str = "", *,
+           transformers_gguf: bool = True) -> list[Parity]:
+    """Compare an exported GGUF file or ONNX directory with the PyTorch model on `texts`. For GGUF,
+    `transformers_gguf` adds transformers' own reading of the file where it reads it whole (it
+    parses the vocabulary in Python: about a minute for a 128k-token one)."""
+    return verify_many(model_dir, {dtype: artifact}, texts, transformers_gguf=transformers_gguf)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The source's side of a comparison: each text's token ids and PyTorch's logits (and argmax)."""
+
+    text_ids: list[list[int]]  # per text, as the source's tokenizer splits it
+    ids: list[list[int]]  # the non-empty ones, compared on
+    logits: list[np.ndarray]
+    top: list[np.ndarray]
+
+
+def verify_many(model_dir: str | Path, artifacts: Mapping[str, str | Path], texts: Sequence[str], *,
+                transformers_gguf: bool = True) -> list[Parity]:
+    """`verify` for several artifacts of one model ({dtype: path}), PyTorch run once."""
+    model_dir = Path(model_dir)
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir)
-    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    ids = [x for x in ids if x]
+    text_ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    ids = [x for x in text_ids if x]
     if not ids:
         raise BadInput("no text to verify on")
     with torch.no_grad():
-        ref = [model(input_ids=torch.tensor([x])).logits[0].float().numpy() for x in ids]
-    if artifact.is_dir():
-        return [_parity(str(artifact), "onnxruntime", dtype or "f32", ref, _onnx_logits(artifact, ids),
-                        _onnx_token_mismatches(artifact, texts, tok))]
-    rows = [_parity(str(artifact), "llama.cpp", dtype, ref, _llama_logits(artifact, ids),
-                    _gguf_token_mismatches(artifact, texts, tok))]
-    cfg = model.config
-    # transformers' GGUF reader builds a Llama without attention/MLP biases: no second reading then
-    if not (cfg.model_type == "llama" and (getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False))):
-        rows.append(_parity(str(artifact), "transformers(gguf)", dtype, ref,
-                            _transformers_gguf_logits(artifact, ids), -1))
+        logits = [model(input_ids=torch.tensor([x])).logits[0].float().numpy() for x in ids]
+    ref = _Reference(text_ids, ids, logits, [r.argmax(-1) for r in logits])
+    second = transformers_gguf and transformers_reads_gguf(model.config.to_dict())
+    rows: list[Parity] = []
+    for dtype, artifact in artifacts.items():
+        artifact = Path(artifact)
+        if artifact.is_dir():
+            rows.append(_parity(str(artifact), "onnxruntime", dtype or "f32", ref, *_onnx_read(artifact, ref, texts)))
+            continue
+        rows.append(_parity(str(artifact), "llama.cpp", dtype, ref, *_llama_read(artifact, ref, texts)))
+        if second:
+            rows.append(_parity(str(artifact), "transformers(gguf)", dtype, ref,
+                                _transformers_gguf_logits(artifact, ids), -1))
     return rows
 
 
-def _parity(artifact: str, reader: str, dtype: str, ref: list[np.ndarray], got: list[np.ndarray],
+def transformers_reads_gguf(cfg: dict[str, Any]) -> bool:
+    """Whether transformers' GGUF reader rebuilds this model whole. It builds a Llama without
+    attention/MLP biases, without Llama 3's RoPE scaling (it ignores `rope_freqs`), and a Qwen3
+    with head_dim = hidden / heads (it ignores `key_length`)."""
+    from bftcore.export.source import _head_dim, rope_config
+
+    arch = cfg.get("model_type")
+    if arch == "llama" and (cfg.get("attention_bias") or cfg.get("mlp_bias") or rope_config(cfg).type != "default"):
+        return False
+    return not (arch == "qwen3" and _head_dim(cfg) * int(cfg["num_attention_heads"]) != int(cfg["hidden_size"]))
+
+
+def _parity(artifact: str, reader: str, dtype: str, ref: _Reference, got: list[np.ndarray],
             mismatches: int) -> Parity:
     diff, agree, n = 0.0, 0, 0
-    for r, g in zip(ref, got):
+    for r, top, g in zip(ref.logits, ref.top, got):
         diff = max(diff, float(np.abs(r - g).max()))
-        agree += int((r.argmax(-1) == g.argmax(-1)).sum())
+        agree += int((top == g.argmax(-1)).sum())
         n += len(r)
-    return Parity(artifact, reader, dtype, len(ref), n, mismatches, diff, agree / n)
+    return Parity(artifact, reader, dtype, len(ref.ids), n, mismatches, diff, agree / n)
 
 
-def _llama_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
-    """Teacher-forced logits from llama.cpp, F32 KV cache: the weights' effect alone."""
-    from bftcore.backends import open_llama
+def _llama_read(path: Path, ref: _Reference, texts: Sequence[str]) -> tuple[list[np.ndarray], int]:
+    """Teacher-forced logits from llama.cpp (F32 KV cache: the weights' effect alone), and the
+    number of texts its tokenizer splits unlike the source's: one load of the file for both."""
+    from bftcore.backends import GGUFTokenizer, open_llama
 
-    llm = open_llama(path, n_ctx=max(len(x) for x in ids) + 8, kv_f32=True, logits_all=True)
+    llm = open_llama(path, n_ctx=max(len(x) for x in ref.ids) + 8, kv_f32=True, logits_all=True)
     out = []
-    for x in ids:
+    for x in ref.ids:
         llm.reset()
         llm.eval(x)
         out.append(np.array(llm.scores[: len(x)], dtype=np.float32))
-    return out
-
-
-def _gguf_token_mismatches(path: Path, texts: Sequence[str], tok: Any) -> int:
-    from bftcore.backends import GGUFTokenizer, open_llama
-
-    gt = GGUFTokenizer(open_llama(path, n_ctx=64))
-    return sum(gt.encode(t) != list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    gt = GGUFTokenizer(llm)
+    return out, sum(gt.encode(t) != x for t, x in zip(texts, ref.text_ids))
 
 
 def _transformers_gguf_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
@@ -139,23 +168,19 @@ def _transformers_gguf_logits(path: Path, ids: list[list[int]]) -> list[np.ndarr
         return [m(input_ids=torch.tensor([x])).logits[0].float().numpy() for x in ids]
 
 
-def _onnx_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
+def _onnx_read(path: Path, ref: _Reference, texts: Sequence[str]) -> tuple[list[np.ndarray], int]:
+    """Logits from onnxruntime, and the texts the export's own tokenizer splits unlike the source's."""
     from bftcore.backends import OnnxGenerator
 
     gen = OnnxGenerator(path)
     out = []
-    for x in ids:
+    for x in ref.ids:
         a = np.array([x], dtype=np.int64)
         logits, _ = gen.session.run(None, {"input_ids": a, "attention_mask": np.ones_like(a),
                                            "position_ids": np.arange(len(x))[None], "past": gen._empty_past(1)})
         out.append(logits[0])
-    return out
-
-
-def _onnx_token_mismatches(path: Path, texts: Sequence[str], tok: Any) -> int:
-    mine = load_tokenizer(path)
-    return sum(list(mine(t, add_special_tokens=False)["input_ids"]) != list(tok(t, add_special_tokens=False)["input_ids"])
-               for t in texts)
+    mine = gen.tokenizer
+    return out, sum(list(mine(t, add_special_tokens=False)["input_ids"]) != x for t, x in zip(texts, ref.text_ids))
 
 
 def min_agreement(dtype: str) -> float:
