@@ -20,7 +20,7 @@ from bftcore.corpus import Record
 from bftcore.judge import KeywordJudge
 from bftcore.models import load_tokenizer
 from bftcore.score import ScoreConfig, ScoreSummary, _prepare
-from conftest import family_pair
+from conftest import family_pair, run_cli
 
 THINK = "<think>\n\n</think>\n\n"  # Qwen3's rendering of enable_thinking=False
 ASSISTANT = "<|im_start|>assistant\n"
@@ -134,3 +134,21 @@ def test_harden_builds_its_data_with_the_configured_thinking(toy, tmp_path: Path
     with pytest.raises(RuntimeError, match="stop"):
         cp.harden(inputs, cp.CompleteConfig(method="sft", thinking=True))
     assert seen["thinking"] is True
+
+
+def test_export_writes_the_thinking_default_it_is_given(tmp_path: Path) -> None:
+    """`bftcore export --to gguf` writes Qwen3's template with thinking off, `--thinking` on; the
+    flag on an ONNX export is refused in one line (that directory keeps the source's template)."""
+    from bftcore.export import gguf_header
+
+    source = family_pair("qwen3")[1]
+    rendered = {}
+    for flag in ((), ("--thinking",)):
+        out = tmp_path / f"q{len(flag)}.gguf"
+        r = run_cli("export", str(source), "--to", "gguf", "--dtype", "f16", "--out", str(out), *flag)
+        assert r.returncode == 0, r.stderr
+        rendered[bool(flag)] = _render(str(gguf_header(out).values["tokenizer.chat_template"]))
+    assert rendered[False].endswith(ASSISTANT + THINK) and rendered[True].endswith(ASSISTANT)
+    r = run_cli("export", str(source), "--to", "onnx", "--out", str(tmp_path / "onnx"), "--thinking")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--thinking" in r.stderr
+    assert not (tmp_path / "onnx").exists()

@@ -103,12 +103,22 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def _rebuilt_pipeline(tok: Any, tokenizer_json: Path) -> bool:
-    """Whether the tokenizer class replaced tokenizer.json's normalizer or pre-tokenizer."""
+    """Whether the tokenizer class replaced tokenizer.json's normalizer or pre-tokenizer. The
+    generic fast class reads the file as written; a family's class is compared with the file
+    (its two components only: parsing the whole 128k-row vocabulary as JSON cost seconds)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
     backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
+    if backend is None or type(tok) is PreTrainedTokenizerFast:
         return False
-    loaded, written = json.loads(backend.to_str()), json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    return any(loaded.get(k) != written.get(k) for k in ("normalizer", "pre_tokenizer"))
+    written = Tokenizer.from_file(str(tokenizer_json))
+    return any(_component(getattr(backend, k)) != _component(getattr(written, k))
+               for k in ("normalizer", "pre_tokenizer"))
+
+
+def _component(part: Any) -> Any:
+    return None if part is None else json.loads(part.__getstate__())
 
 
 def tokenizer_hash(tokenizer: Any) -> str:

@@ -23,10 +23,13 @@ from bftcore.errors import BadInput, CheckFailed
               help="Prompt/response records to verify on (default: built-in probe texts); repeatable.")
 @click.option("--verify-limit", type=click.IntRange(min=1), default=64, show_default=True, help="Records verified.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), help="Argmax agreement --verify asks [default: 0.99; 0.95 for q4_k_m].")
+@click.option("--thinking", is_flag=True,
+              help="GGUF: the chat template renders with thinking on where the runtime passes no enable_thinking "
+                   "(Qwen3). Off by default, as bftcore renders.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: output, seconds, parity rows.")
 def export_cmd(model: Path, target: str, dtype: str | None, out: Path, verify: bool,
                verify_data: tuple[Path, ...], verify_limit: int, min_agreement: float | None,
-               as_json: bool) -> None:
+               thinking: bool, as_json: bool) -> None:
     """Export a model directory (or LoRA adapter) to GGUF for llama.cpp or to ONNX for onnxruntime.
 
     GGUF: Llama (Llama 2, Llama 3.x with its rope scaling), Qwen2/Qwen2.5 and Qwen3; byte-level BPE
@@ -45,11 +48,14 @@ def export_cmd(model: Path, target: str, dtype: str | None, out: Path, verify: b
     from bftcore.models import resolve_model
 
     dtype = _checked_dtype(target, dtype, out)
+    if thinking and target == "onnx":
+        raise BadInput("--thinking sets a GGUF chat template's default; an ONNX directory keeps the source's "
+                       "template (pass --thinking to bftcore attack instead)")
     model = resolve_model(model)
     ex.check_source(model, target)
     start = time.perf_counter()
     with progress_bars() as bar:
-        ex.export(model, target, out, dtype, progress=bar)
+        ex.export(model, target, out, dtype, progress=bar, thinking=thinking)
         seconds = time.perf_counter() - start
         rows = ex.verify(model, out, ex.verify_texts(model, verify_data, verify_limit), dtype) if verify else []
     need = min_agreement if min_agreement is not None else ex.min_agreement(dtype)

@@ -94,10 +94,12 @@ def check_source(model_dir: str | Path, to: str) -> None:
 
 
 def export(model_dir: str | Path, to: str, out: str | Path, dtype: str = "f16",
-           progress: Callable[[str, int, int], None] | None = None) -> Path:
-    """`bftcore export`: GGUF in one dtype, or an ONNX directory (F32)."""
+           progress: Callable[[str, int, int], None] | None = None, *, thinking: bool = False) -> Path:
+    """`bftcore export`: GGUF in one dtype, or an ONNX directory (F32). `thinking`: the GGUF chat
+    template's default for its thinking switch (the ONNX directory keeps the source's template and
+    bftcore passes the switch when it renders)."""
     if to == "gguf":
-        return export_gguf(model_dir, out, dtype, progress)
+        return export_gguf(model_dir, out, dtype, progress, thinking=thinking)
     if to == "onnx":
         if dtype not in ("f32", ""):
             raise BadInput(f"ONNX export writes F32 weights; --dtype {dtype} applies to GGUF only")

@@ -346,9 +346,11 @@ def _add_hparams(w: Any, cfg: dict[str, Any], dtype: str) -> None:
 
 
 def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16",
-                progress: Callable[[str, int, int], None] | None = None, *, rope_scaling: bool = True) -> Path:
-    """Write `out` (atomically): the model of `model_dir` as GGUF in `dtype`. `rope_scaling` False
-    (tests only) writes Llama 3's file without its RoPE scaling."""
+                progress: Callable[[str, int, int], None] | None = None, *, thinking: bool = False,
+                rope_scaling: bool = True) -> Path:
+    """Write `out` (atomically): the model of `model_dir` as GGUF in `dtype`. `thinking`: the default
+    the chat template's thinking switch takes where a runtime passes none (Qwen3). `rope_scaling`
+    False (tests only) writes Llama 3's file without its RoPE scaling."""
     import gguf
 
     model_dir, out = Path(model_dir), Path(out)
@@ -363,7 +365,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16",
         w = gguf.GGUFWriter(tmp, cfg["model_type"])
         w.add_name(model_dir.name)
         _add_hparams(w, cfg, dtype)
-        _add_vocab(w, vocab)
+        _add_vocab(w, vocab, thinking)
         for i, (name, a) in enumerate(tensors):
             qtype = _tensor_type(name, a, dtype)
             data = gguf.quants.quantize(np.ascontiguousarray(a, dtype=np.float32), qtype)
@@ -379,7 +381,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16",
     return out
 
 
-def _add_vocab(w: Any, v: GGUFVocab) -> None:
+def _add_vocab(w: Any, v: GGUFVocab, thinking: bool) -> None:
     w.add_tokenizer_model(v.model)
     if v.pre is not None:
         w.add_tokenizer_pre(v.pre)
@@ -397,8 +399,8 @@ def _add_vocab(w: Any, v: GGUFVocab) -> None:
     w.add_add_eos_token(False)
     if v.add_space_prefix is not None:
         w.add_add_space_prefix(v.add_space_prefix)
-    if v.chat_template:  # a runtime renders without enable_thinking: off, as bftcore renders
-        w.add_chat_template(thinking_default(v.chat_template, False))
+    if v.chat_template:  # a runtime renders without enable_thinking: off unless asked, as bftcore renders
+        w.add_chat_template(thinking_default(v.chat_template, thinking))
 
 
 def _llama_quantize(src: Path, dest: Path, dtype: str) -> None:
