@@ -24,8 +24,8 @@ import torch
 
 from bftcore import export as ex
 from bftcore.backends import LlamaCppGenerator, llama_server, open_llama
-from bftcore.errors import BadInput
 from bftcore.chat import thinking_default
+from bftcore.errors import BadInput
 from conftest import family_pair, run_cli, vocab_vectors
 
 FAMILIES = ("llama-3.1", "llama-3.2", "qwen2.5", "qwen3", "llama-2")
