@@ -26,7 +26,7 @@ from bftcore import export as ex
 from bftcore.backends import LlamaCppGenerator, llama_server, open_llama
 from bftcore.chat import thinking_default
 from bftcore.errors import BadInput
-from conftest import family_pair, run_cli, vocab_vectors
+from conftest import family_pair, run_cli, vocab_dir, vocab_vectors
 
 FAMILIES = ("llama-3.1", "llama-3.2", "qwen2.5", "qwen3", "llama-2")
 VOCAB = {"llama-3.1": "llama-bpe", "llama-3.2": "llama-bpe", "qwen2.5": "qwen2", "qwen3": "qwen2", "llama-2": "llama-spm"}
@@ -244,6 +244,10 @@ def test_llama_cpp_tokenizes_the_family_vectors(arts: Artifacts, family: str) ->
     if family != "llama-2":
         assert meta["tokenizer.ggml.pre"] == VOCAB[family]
     assert meta["tokenizer.ggml.eos_token_id"] == token_id(arts.model(family), tcfg["eos_token"])  # <|eot_id|>/<|im_end|>/</s>
+    # bos as tokenizer_config.json names it, else config.json's (Qwen names none): llama.cpp's own files agree
+    config = json.loads((arts.model(family) / "config.json").read_text())
+    assert meta["tokenizer.ggml.bos_token_id"] == config["bos_token_id"] == gguf_meta(
+        vocab_dir() / f"ggml-vocab-{VOCAB[family]}.gguf")["tokenizer.ggml.bos_token_id"]
     # Qwen3's carries a default for its thinking switch (off, as bftcore renders); the others, as written
     assert meta["tokenizer.chat_template"] == thinking_default(tcfg["chat_template"], False)
     assert (meta["tokenizer.chat_template"] == tcfg["chat_template"]) == (family != "qwen3")

@@ -27,7 +27,7 @@ VERSIONS = {
     # attack.py, generate.py, judge.py, backends.py, chat.py: the rows measured on a model
     "attack-rows": 1,
     # export/: a GGUF or ONNX file for a given model directory
-    "export": 2,
+    "export": 3,
     # models.resolve_model: the safetensors copy of a pickle-only model directory
     "converted": 1,
     # families.py: a tiny real-family model directory for a vocabulary, template, seed and size

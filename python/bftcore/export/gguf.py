@@ -187,7 +187,7 @@ def _merge_rank_scores(tokens: list[str], merges: list[str]) -> list[float]:
 
 def _special_ids(tcfg: dict[str, Any], config: dict[str, Any], vocab: dict[str, int],
                  added: dict[int, dict[str, Any]]) -> dict[str, int]:
-    """bos/eos/pad/unk as tokenizer_config.json names them (eos from config.json where it does
+    """bos/eos/pad/unk as tokenizer_config.json names them (bos/eos from config.json where it does
     not), and the end-of-turn/end-of-message tokens the vocabulary has."""
     by_text = {**vocab, **{a["content"]: i for i, a in sorted(added.items(), reverse=True)}}
     special: dict[str, int] = {}
@@ -197,9 +197,10 @@ def _special_ids(tcfg: dict[str, Any], config: dict[str, Any], vocab: dict[str, 
             token = token.get("content")
         if token and token in by_text:
             special[role] = by_text[token]
-    eos = config.get("eos_token_id")
-    if "eos" not in special and isinstance(eos, (int, list)) and eos != []:
-        special["eos"] = int(eos[0] if isinstance(eos, list) else eos)
+    for role in ("bos", "eos"):  # as llama.cpp's converter does; without one llama.cpp takes id 11
+        given = config.get(f"{role}_token_id")
+        if role not in special and isinstance(given, (int, list)) and given != []:
+            special[role] = int(given[0] if isinstance(given, list) else given)
     controls = {a["content"]: i for i, a in added.items() if a.get("special")}
     for role, texts in (("eot", _EOT_TEXTS), ("eom", _EOM_TEXTS)):
         found = [controls[t] for t in texts if t in controls]
