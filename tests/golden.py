@@ -153,14 +153,21 @@ def converted_figures(root: Path) -> dict[str, Any]:
 
 
 def tiny_family_figures(root: Path) -> dict[str, Any]:
-    """A tiny Llama 2 pair from the real SentencePiece vocabulary: every file it writes."""
-    from bftcore.families import TinySize, tiny_pair
+    """A tiny Llama 2 pair from the real SentencePiece vocabulary (every file it writes), and the
+    settings files of a tiny Llama 3.1."""
+    from bftcore.families import TinySize, tiny_pair, write_tiny
     from conftest import vocab_dir
 
     size = TinySize(hidden=16, layers=1, heads=4, kv_heads=2, intermediate=32)
     tiny_pair("llama-2", vocab_dir() / "ggml-vocab-llama-spm.gguf", root / "pair", size=size)
-    return {f"{role}/{f.name}": file_digest(f)[:16] for role in ("base", "aligned")
-            for f in sorted((root / "pair" / role).iterdir())}
+    figures = {f"{role}/{f.name}": file_digest(f)[:16] for role in ("base", "aligned")
+               for f in sorted((root / "pair" / role).iterdir())}
+    # and the settings files of a family with RoPE scaling, a list of eos ids and a template
+    llama31 = write_tiny("llama-3.1", vocab_dir() / "ggml-vocab-llama-bpe.gguf", root / "llama31", role="aligned",
+                         template=vocab_dir() / "templates" / "meta-llama-Llama-3.1-8B-Instruct.jinja", size=size)
+    figures |= {f"llama-3.1/aligned/{name}": file_digest(llama31 / name)[:16]
+                for name in ("config.json", "generation_config.json", "tokenizer_config.json")}
+    return figures
 
 
 STAGES = {"toy-world": toy_world_figures, "completion": completion_figures, "attack-rows": attack_figures,

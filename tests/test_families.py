@@ -112,3 +112,24 @@ def test_cli_writes_a_pair_and_refuses_bad_input(tmp_path: Path) -> None:
                       (["llama-2", "--vocab", str(spm), "--template", str(tmp_path / "none.jinja")], "no such")):
         r = run_cli("models", "tiny", *args, "--out", str(tmp_path / "x"))
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and why in r.stderr, (args, r.stderr)
+
+
+def test_writing_a_model_leaves_the_family_table_and_keeps_the_hubs_layout(tmp_path: Path) -> None:
+    """transformers rewrites a config's nested settings in place: writing Llama 3.1 twice in one
+    process gives the same bytes, FAMILIES is unchanged, and config.json keeps rope_theta beside
+    rope_scaling as the hub's file does."""
+    import copy
+
+    from bftcore.families import write_tiny
+
+    before = copy.deepcopy(FAMILIES["llama-3.1"].config)
+    vocab = vocab_dir() / "ggml-vocab-llama-bpe.gguf"
+    template = vocab_dir() / "templates" / "meta-llama-Llama-3.1-8B-Instruct.jinja"
+    size = TinySize(hidden=32, layers=1, heads=4, kv_heads=2, intermediate=64)
+    a = write_tiny("llama-3.1", vocab, tmp_path / "a", template=template, size=size)
+    b = write_tiny("llama-3.1", vocab, tmp_path / "b", template=template, size=size)
+    assert FAMILIES["llama-3.1"].config == before
+    assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
+    cfg = json.loads((a / "config.json").read_text())
+    assert "rope_theta" not in cfg["rope_scaling"] and cfg["rope_theta"] == 500000.0
+    assert cfg["rope_scaling"] == before["rope_scaling"]

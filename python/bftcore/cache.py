@@ -31,7 +31,7 @@ VERSIONS = {
     # models.resolve_model: the safetensors copy of a pickle-only model directory
     "converted": 1,
     # families.py: a tiny real-family model directory for a vocabulary, template, seed and size
-    "tiny-family": 2,
+    "tiny-family": 3,
 }
 
 # the libraries whose versions change what a stage computes (numerics, tokenization, file layout)

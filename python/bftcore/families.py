@@ -16,6 +16,7 @@ model is the base plus a small seeded delta, so the two are related as a real pa
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,7 @@ def _spm_tokenizer(family: Family, v: GGUFTokenizer, tokens: list[str], added: l
 def family_config(family: Family, size: TinySize, vocab_size: int, role: str) -> dict[str, Any]:
     """config.json as the family's hub file lays it out, at `size`."""
     eos = _token_id(family, family.eos_chat if role == "aligned" else family.eos_base)
-    cfg = {**family.config, "hidden_size": size.hidden, "intermediate_size": size.intermediate,
+    cfg = {**copy.deepcopy(family.config), "hidden_size": size.hidden, "intermediate_size": size.intermediate,
            "num_hidden_layers": size.layers, "num_attention_heads": size.heads,
            "num_key_value_heads": size.kv_heads, "vocab_size": vocab_size, "torch_dtype": "float32"}
     if "head_dim" in cfg or family.head_dim:
@@ -372,7 +373,10 @@ def _write(fam: Family, vocab: GGUFTokenizer, template: str, out: Path, role: st
 
     vocab_size = max(len(vocab.tokens), max(fam.tokens, default=0) + 1)
     cfg = family_config(fam, size, vocab_size, role)
-    config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k not in ("architectures", "torch_dtype")})
+    # transformers rewrites nested settings in place (rope_scaling gains rope_theta): give it a copy,
+    # so config.json keeps the hub's layout and FAMILIES stays as written
+    config = AutoConfig.for_model(**copy.deepcopy({k: v for k, v in cfg.items()
+                                                   if k not in ("architectures", "torch_dtype")}))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
