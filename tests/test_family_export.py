@@ -11,6 +11,7 @@ changes them ~100x more than F16 rounding does, which the scaling-off test shows
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import shutil
@@ -163,7 +164,8 @@ def test_llama3_rope_factors_both_config_layouts(family: str) -> None:
 
     from bftcore.families import FAMILIES
 
-    hub = {**FAMILIES[family].config, "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16}
+    # a copy: transformers rewrites nested settings in place (rope_scaling would gain rope_theta)
+    hub = {**copy.deepcopy(FAMILIES[family].config), "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16}
     assert "rope_theta" not in hub["rope_scaling"]  # the hub's layout: theta beside the scaling
     config = AutoConfig.for_model(**{k: v for k, v in hub.items() if k != "architectures"})
     saved = config.to_dict()
