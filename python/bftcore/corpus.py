@@ -13,9 +13,11 @@ Formats (detected from the file, or named with `--format`):
 | harmbench         | CSV `Behavior,...`           | [context +] behavior        | target from a `*targets*.json` beside it, else none | harmful |
 | harmbench-targets | JSON `{BehaviorID: target}`  | (empty)                     | target     | harmful  |
 | csv / parquet     | any columns                  | `--prompt-column`           | `--response-column` | `label` column or `--label` |
+| lines             | `.txt`, one prompt per line  | the line                    | none       | `--label`, else harmful |
 
 A directory is read file by file (sorted); HarmBench behaviors there take their responses from the
-targets file beside them. Identical records are kept once and counted. A record that cannot be
+targets file beside them. `.txt` files in a directory are left alone (READMEs, licences) unless
+`--format lines` says they are prompt lists; named on their own they are read as such. Identical records are kept once and counted. A record that cannot be
 read is an error naming file and line; with `skip_bad=True` it is counted and reported instead.
 """
 
@@ -33,8 +35,8 @@ from typing import Any
 from bftcore.errors import BadInput
 
 FORMATS = ("jsonl", "chat", "derta", "questions", "advbench", "advbench-strings", "harmbench",
-           "harmbench-targets", "csv", "parquet")
-SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+           "harmbench-targets", "csv", "parquet", "lines")
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".txt")
 _ALPACA = re.compile(r"###\s*Instruction:\s*(.*?)\s*(?:###\s*Input:\s*(.*?)\s*)?###\s*Response:\s*$",
                      re.S)
 
@@ -93,7 +95,7 @@ def read_corpus(paths: Iterable[str | Path], options: ReadOptions = ReadOptions(
     records: list[Record] = []
     seen: set[tuple[str, str | None, str, tuple[tuple[str, str], ...]]] = set()
     ids: dict[str, str] = {}  # record id -> where it was first seen
-    for path in _expand(paths):
+    for path in _expand(paths, lines=options.format == "lines"):
         report.files.append(str(path))
         for rec in _read_file(path, options, report):
             key = (rec.prompt, rec.response, rec.label, rec.history)
@@ -118,17 +120,18 @@ def read_corpus(paths: Iterable[str | Path], options: ReadOptions = ReadOptions(
     return records, report
 
 
-def _expand(paths: Iterable[str | Path]) -> list[Path]:
+def _expand(paths: Iterable[str | Path], *, lines: bool = False) -> list[Path]:
     out: list[Path] = []
+    suffixes = SUFFIXES if lines else tuple(x for x in SUFFIXES if x != ".txt")
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
             # HarmBench targets are read through the behaviors beside them, not on their own
             behaviors_dirs = {f.parent for f in files if f.suffix == ".csv" and _is_harmbench(f)}
             files = [f for f in files if not (f.parent in behaviors_dirs and _is_targets_json(f))]
             if not files:
-                raise BadInput(f"{p}: no corpus files ({', '.join(SUFFIXES)}) in this directory")
+                raise BadInput(f"{p}: no corpus files ({', '.join(suffixes)}) in this directory")
             out += files
         elif p.is_file():
             out.append(p)
@@ -152,7 +155,9 @@ def _is_targets_json(path: Path) -> bool:
 def _read_file(path: Path, o: ReadOptions, report: ReadReport) -> Iterator[Record]:
     suffix = path.suffix.lower()
     try:
-        if suffix == ".parquet" or o.format == "parquet":
+        if suffix == ".txt" or o.format == "lines":
+            rows, kind = _text_lines(path), "lines"
+        elif suffix == ".parquet" or o.format == "parquet":
             rows: Iterable[tuple[int, Any]] = _parquet_rows(path)
             kind = "parquet"
         elif suffix == ".csv" or o.format in ("advbench", "advbench-strings", "harmbench", "csv"):
@@ -233,6 +238,26 @@ def _detect_json(first: Any, o: ReadOptions) -> str | None:
     if "goal" in first:
         return "advbench"
     return None
+
+
+def _text_lines(path: Path) -> list[tuple[int, Any]]:
+    """A prompt list: one prompt per line (MaliciousInstruct and many red-team lists ship so).
+    Blank lines are skipped; a line that is not UTF-8 is named by its number."""
+    rows: list[tuple[int, Any]] = []
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # a byte-order mark
+        data = data[3:]
+    for i, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            rows.append((i, _Bad(f"not UTF-8 text ({e.reason} at byte {e.start} of the line)")))
+            continue
+        if line.strip():
+            rows.append((i, {"prompt": line.strip()}))
+    if not rows:
+        raise BadInput(f"{path}: empty file (no prompt lines)")
+    return rows
 
 
 def _csv_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
@@ -329,6 +354,8 @@ def _record(kind: str, row: Any, o: ReadOptions, source: str, targets: dict[str,
         return Record(rid, prompt, _text(row, "text", False), harmful, source)
     if kind == "questions":
         return Record(rid, _text(row, "question") or "", None, harmful, source)
+    if kind == "lines":
+        return Record(rid, row["prompt"], None, harmful, source)
     if kind == "advbench":
         return Record(rid, _text(row, "goal") or "", _text(row, "target", False), harmful, source)
     if kind == "advbench-strings":
