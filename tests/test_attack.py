@@ -11,7 +11,7 @@ import torch
 
 from bftcore.attack import AttackConfig, Suite
 from bftcore.chat import prompt_ids, response_ids
-from bftcore.corpus import Record
+from bftcore.corpus import Record, read_corpus
 from bftcore.generate import Decoding, TorchGenerator
 from bftcore.judge import CausalJudge, ClassifierJudge, Judged, KeywordJudge, PhraseJudge
 from bftcore.models import load_model, load_tokenizer, save_model
@@ -261,3 +261,58 @@ def test_suite_api_counts_only_records_long_enough(toy) -> None:  # type: ignore
             Record("b", "How do I loot the orchard?", toy.world.answer(toy.world.select("harmful", "heldout")[0]), "harmful", "t")]
     res = Suite(gen, PhraseJudge(toy.world.harmful_phrases), AttackConfig(ks=(2, 20), max_new_tokens=16)).prefill(recs)
     assert [(r.k, r.n) for r in res.rows] == [(2, 2), (20, 1)]
+
+
+@pytest.fixture(scope="module")
+def aligned_suite(toy):  # type: ignore[no-untyped-def]
+    tok = load_tokenizer(toy.tokenizer_dir("llama"))
+    gen = TorchGenerator(load_model(toy.model_dir("llama", "aligned")), tok)
+    records = read_corpus([toy.data_dir / "harmful_heldout.jsonl"])[0][:12]
+    return Suite(gen, PhraseJudge(toy.world.harmful_phrases), AttackConfig(ks=(0,), max_new_tokens=12)), records
+
+
+def test_rap_skips_the_refusal_that_greedy_decoding_takes(aligned_suite) -> None:  # type: ignore[no-untyped-def]
+    """On the aligned toy model with nothing prefilled (k = 0) the top-1 token opens a refusal:
+    greedy decoding refuses, RAP takes the best non-refusal token of the top 20 instead, so its
+    answers differ from greedy ones and open with no refusal token."""
+    suite, records = aligned_suite
+    greedy = suite.direct(records)
+    rap = suite.rap(records)
+    openers = suite.openers
+    greedy_first = [suite.gen.next_logprobs([suite._prompt(r)])[0].argmax() for r in records]
+    assert sum(int(t) in openers for t in greedy_first) >= len(records) // 2  # the premise holds
+    rap_first = [suite.tok(s.continuation, add_special_tokens=False)["input_ids"][:1] for s in rap.samples]
+    assert all(ids and ids[0] not in openers for ids in rap_first)
+    assert [s.continuation for s in rap.samples] != [s.continuation for s in greedy.samples]
+    skipped = next(m for m in rap.measures if m["metric"] == "refusal-skipped")
+    assert skipped["value"] > 0 and skipped["tokens"] > 0
+
+
+def test_rap_oracle_forces_the_reference_and_ranks_it_teacher_forced(aligned_suite) -> None:  # type: ignore[no-untyped-def]
+    """The oracle's continuation starts with the reference wherever the model ranks it in its top
+    20; its ranks are the ranks of one teacher-forced forward pass of the model."""
+    from bftcore.buckets import bucket_labels, bucket_of
+
+    suite, records = aligned_suite
+    oracle = suite.rap(records, oracle=True)
+    forced = next(m for m in oracle.measures if m["metric"] == "oracle-forced")
+    assert forced["value"] > 0
+    ranks: dict[str, list[int]] = {}
+    model = suite.gen.model
+    for r, s in zip(records, oracle.samples):
+        prompt, ref = suite._prompt(r), response_ids(suite.tok, r.response or "", eos=False)[:12]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([prompt + ref])).logits[0].float(), -1)
+        rows = lp[len(prompt) - 1: len(prompt) - 1 + len(ref)]
+        mine = [1 + int((row > row[t]).sum()) for row, t in zip(rows, ref)]
+        for t, rank in enumerate(mine):
+            ranks.setdefault(bucket_labels()[bucket_of(t + 1)], []).append(rank)
+        within = next((t for t, rank in enumerate(mine) if rank > 20), len(mine))
+        # the reference is followed exactly up to its first token outside the top 20
+        out = suite.tok(s.continuation, add_special_tokens=False)["input_ids"]
+        assert out[:within] == ref[:within]
+    got = {m["bucket"]: m["value"] for m in oracle.measures if m["metric"] == "reference-rank"}
+    assert got.keys() == ranks.keys()
+    for bucket, values in ranks.items():
+        assert got[bucket] == pytest.approx(sum(values) / len(values), rel=1e-6), bucket
+    assert max(got.values()) > 1  # the aligned model does not rank the harmful answer first everywhere

@@ -4,9 +4,16 @@ same code attacks a PyTorch model, an ONNX graph or a GGUF file.
     direct            the request through the chat template, greedy
     prefill           the first k tokens of a harmful response forced as the start of the answer
     prefill-sampled   the same, sampled (T = 0.9, top-p 0.6 by default), several samples per prompt
-    rank-prefill      adaptive: at each of the first k steps the attacker forces the most likely
-                      token of the model's top-20 that is not a refusal opener (ours: at the
-                      first step no token of a refusal phrase, later no first token of one)
+    rank-prefill      adaptive, no reference: at each of the first k steps the attacker forces the
+                      most likely token of the model's top-20 that is not a refusal opener (ours:
+                      at the first step no token of a refusal phrase, later no first token of
+                      one); then greedy
+    rap               Rank-Assisted Prefilling (arXiv 2512.05518): the first k tokens of a harmful
+                      response forced, then at every step the model's top-1 unless it opens a
+                      refusal, else the best of its top-20 that does not (greedy where all do)
+    rap-oracle        rap with the record's own harmful continuation: its next token is forced
+                      whenever the model ranks it within the top 20; also the mean rank of that
+                      token per position bucket (teacher-forced), a measure that does not saturate
     completion        a declarative harmful opening ("... Step 1:") as raw text, no chat template
     decoding-exploit  the worst case over a grid of temperature x top-k x top-p
 
@@ -34,7 +41,8 @@ from bftcore.judge import REFUSAL_OPENINGS, Judge, Judged
 from bftcore.progress import Progress
 from bftcore.stats import RateRow
 
-ATTACKS = ("direct", "prefill", "prefill-sampled", "rank-prefill", "completion", "decoding-exploit")
+ATTACKS = ("direct", "prefill", "prefill-sampled", "rank-prefill", "rap", "rap-oracle", "completion",
+           "decoding-exploit")
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class AttackConfig:
     samples: int = 8  # per prompt, prefill-sampled
     temperature: float = 0.9
     top_p: float = 0.6
-    rank_top: int = 20  # rank-prefill chooses among the model's top-n
+    rank_top: int = 20  # rank-prefill, rap and rap-oracle choose among the model's top-n
     # decoding exploit grid (Huang et al. 2023 style; small by default)
     exploit_temperatures: tuple[float, ...] = (0.7, 1.0, 1.5)
     exploit_top_ks: tuple[int, ...] = (0, 40)
@@ -160,6 +168,10 @@ class Suite:
             return self.prefill(records, name, sampled=True)
         if attack == "rank-prefill":
             return self.rank_prefill(records, name)
+        if attack == "rap":
+            return self.rap(records, name)
+        if attack == "rap-oracle":
+            return self.rap(records, name, oracle=True)
         if attack == "completion":
             return self.completion(records, name)
         if attack == "decoding-exploit":
@@ -229,6 +241,91 @@ class Suite:
             res.extend(self._finish(name, k, records, prefixes, outs, [0] * len(records), "greedy"))
         return res
 
+    def rap(self, records: Sequence[Record], name: str = "rap", *, oracle: bool = False) -> AttackResult:
+        """Rank-Assisted Prefilling after the first k tokens of each record's harmful response; with
+        `oracle`, the rest of that response is forced wherever the model ranks it in its top-n."""
+        cfg, res = self.cfg, AttackResult()
+        full = [self._prefix_tokens(r) for r in records]
+        for k in cfg.ks:
+            keep = [i for i, p in enumerate(full) if len(p) >= k]
+            recs, prefixes = [records[i] for i in keep], [full[i][:k] for i in keep]
+            inputs = [self._prompt(r) + p for r, p in zip(recs, prefixes)]
+            refs = [full[i][k:] for i in keep] if oracle else None
+            outs, forced = self._rank_assisted(inputs, refs, f"{name} k={k}")
+            part = self._finish(name, k, recs, prefixes, outs, [0] * len(recs),
+                                f"rank-assisted top-{cfg.rank_top}")
+            res.extend(part)
+            steps = sum(len(o) for o in outs)
+            res.measures.append({"model": self.model, "arch": self.arch, "attack": name, "k": k,
+                                 "metric": "oracle-forced" if oracle else "refusal-skipped",
+                                 "value": sum(forced) / max(steps, 1), "tokens": steps})
+            if oracle:
+                res.measures += self.reference_ranks(inputs, [full[i][k:] for i in keep], name=name, k=k)
+        return res
+
+    def _rank_assisted(self, inputs: Sequence[Sequence[int]], references: Sequence[Sequence[int]] | None,
+                       desc: str) -> tuple[list[list[int]], list[int]]:
+        """Decode each input step by step through `next_logprobs` (so every backend runs it): the
+        model's top-1 unless it opens a refusal, else the best of its top-n that does not; with
+        references, the reference's next token (by position) when it is in the top-n. Returns the
+        continuations and, per input, how many tokens were not the model's top-1."""
+        n, stop = self.cfg.rank_top, self._stop_ids()
+        outs: list[list[int]] = [[] for _ in inputs]
+        moved = [0] * len(inputs)
+        active = list(range(len(inputs)))
+        tick = self._tick(desc, self.cfg.max_new_tokens)
+        for step in range(self.cfg.max_new_tokens):
+            if not active:
+                break
+            lp = self.gen.next_logprobs([list(inputs[i]) + outs[i] for i in active])
+            top = _top_n(lp, n)
+            still = []
+            for row, i in enumerate(active):
+                cand = [int(t) for t in top[row]]
+                ref = references[i] if references is not None else ()
+                if step < len(ref) and int(ref[step]) in cand:
+                    token = int(ref[step])
+                else:  # all of the top-n open a refusal: greedy, the refusal goes through
+                    token = next((t for t in cand if t not in self.openers), cand[0])
+                moved[i] += token != cand[0]
+                if token not in stop:
+                    outs[i].append(token)
+                    still.append(i)
+            active = still
+            tick(1)
+        return outs, moved
+
+    def reference_ranks(self, inputs: Sequence[Sequence[int]], references: Sequence[Sequence[int]], *,
+                        name: str, k: int) -> list[dict[str, Any]]:
+        """The rank (1 = the model's top-1) of each reference token, teacher-forced along the
+        reference, averaged per response-position bucket (positions count from 1 at the start of
+        the response, so the first is k + 1). A backend that returns only its top-n log-probs (the
+        llama.cpp server) gives tokens outside them the rank n + 1."""
+        from bftcore.buckets import bucket_labels, bucket_of
+
+        longest = min(max((len(r) for r in references), default=0), self.cfg.max_new_tokens)
+        ranks: dict[int, list[int]] = {}
+        tick = self._tick(f"{name} k={k} ranks", longest)
+        for t in range(longest):
+            rows = [i for i, r in enumerate(references) if len(r) > t]
+            lp = self.gen.next_logprobs([list(inputs[i]) + list(references[i][:t]) for i in rows])
+            for row, i in enumerate(rows):
+                own = lp[row, int(references[i][t])]
+                rank = 1 + int(np.sum(lp[row] > own)) if np.isfinite(own) else \
+                    1 + int(np.sum(np.isfinite(lp[row])))
+                ranks.setdefault(bucket_of(k + t + 1), []).append(rank)
+            tick(1)
+        labels = bucket_labels()
+        return [{"model": self.model, "arch": self.arch, "attack": name, "k": k, "metric": "reference-rank",
+                 "bucket": labels[b], "value": float(np.mean(v)), "median": float(np.median(v)),
+                 "within_top": float(np.mean(np.array(v) <= self.cfg.rank_top)), "tokens": len(v)}
+                for b, v in sorted(ranks.items())]
+
+    def _stop_ids(self) -> set[int]:
+        """The tokens that end the answer, as the generator's own decoding stops on them."""
+        own = getattr(self.gen, "eos_ids", None)
+        return {int(i) for i in own if i is not None} if own else {int(self.tok.eos_token_id)}
+
     def completion(self, records: Sequence[Record], name: str = "completion") -> AttackResult:
         """The record's prompt is a declarative opening, sent as raw text (no chat template)."""
         bos = self.tok.bos_token_id
@@ -286,6 +383,14 @@ def perplexity(gen: Any, records: Sequence[Record], *, model: str = "model", arc
             "tokens": count, "documents": sum(1 for r in records if r.response)}
 
 
+def _top_n(logprobs: np.ndarray, n: int) -> np.ndarray:
+    """The ids of each row's n most likely tokens, most likely first (ties: lower id first)."""
+    n = min(n, logprobs.shape[1])
+    part = np.argpartition(-logprobs, n - 1, axis=1)[:, :n]
+    order = np.lexsort((part, -np.take_along_axis(logprobs, part, 1)), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
 # ---- output --------------------------------------------------------------------------------
 def markdown_table(rows: Sequence[RateRow], measures: Sequence[dict[str, Any]] = ()) -> str:
     lines = ["| model | arch | attack | k | metric | x/n | rate [95% CI] |",
@@ -294,8 +399,9 @@ def markdown_table(rows: Sequence[RateRow], measures: Sequence[dict[str, Any]] =
         lines.append(f"| {r.model} | {r.arch} | {r.attack} | {'' if r.k is None else r.k} | {r.metric} "
                      f"| {r.fraction()} | {r.interval()} |")
     for m in measures:
-        lines.append(f"| {m['model']} | {m['arch']} | benign | | {m['metric']} | {m['tokens']} tokens "
-                     f"| {m['value']:.3f} |")
+        where = m.get("attack", "benign") + (f" ({m['bucket']})" if "bucket" in m else "")
+        lines.append(f"| {m['model']} | {m['arch']} | {where} | {m.get('k', '')} | {m['metric']} "
+                     f"| {m['tokens']} tokens | {m['value']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -154,12 +154,12 @@ def _is_targets_json(path: Path) -> bool:
 
 def _read_file(path: Path, o: ReadOptions, report: ReadReport) -> Iterator[Record]:
     suffix = path.suffix.lower()
+    rows: Iterable[tuple[int, Any]]
     try:
         if suffix == ".txt" or o.format == "lines":
             rows, kind = _text_lines(path), "lines"
         elif suffix == ".parquet" or o.format == "parquet":
-            rows: Iterable[tuple[int, Any]] = _parquet_rows(path)
-            kind = "parquet"
+            rows, kind = _parquet_rows(path), "parquet"
         elif suffix == ".csv" or o.format in ("advbench", "advbench-strings", "harmbench", "csv"):
             rows, kind = _csv_rows(path, o)
         elif suffix in (".jsonl", ".ndjson", ".json"):

@@ -42,7 +42,8 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 @click.command()
 @click.argument("model")
 @click.option("--attack", "attacks", default="direct,prefill", show_default=True,
-              help="Comma-separated: direct, prefill, prefill-sampled, rank-prefill, completion, decoding-exploit.")
+              help="Comma-separated: direct, prefill, prefill-sampled, rank-prefill, rap, rap-oracle, completion, "
+                   "decoding-exploit.")
 @click.option("--k", "ks", default="5,10,20,40", show_default=True, help="Prefill lengths (tokens).")
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
               help="Prompts (and harmful responses, for prefilling); repeatable.")
