@@ -21,30 +21,42 @@ from bftcore.cli.common import (
 from bftcore.errors import BadInput
 
 
-def _int_list(value: str) -> tuple[int, ...]:
+def _int_list(value: str, option: str = "--k") -> tuple[int, ...]:
     try:
         ks = tuple(int(x) for x in value.split(",") if x.strip())
     except ValueError as e:
-        raise BadInput(f"--k must be comma-separated integers, got {value!r}") from e
+        raise BadInput(f"{option} must be comma-separated integers, got {value!r}") from e
     if not ks or min(ks) < 1:
-        raise BadInput("--k needs positive integers")
+        raise BadInput(f"{option} needs positive integers")
     return ks
 
 
 def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_new_tokens: int,
-                   seed: int, thinking: bool) -> Any:
+                   seed: int, thinking: bool, deep_ks: str, deep_tail: int, shots: str,
+                   restart_refusal: str) -> Any:
     from bftcore.attack import AttackConfig
 
+    if not restart_refusal.strip():
+        raise BadInput("--restart-refusal needs some text")
     return AttackConfig(ks=_int_list(ks), max_new_tokens=max_new_tokens, seed=seed, samples=samples,
-                        temperature=temperature, top_p=top_p, thinking=thinking)
+                        temperature=temperature, top_p=top_p, thinking=thinking,
+                        deep_ks=_int_list(deep_ks, "--deep-k"), deep_tail=deep_tail,
+                        shots=_int_list(shots, "--shots"), restart_refusal=restart_refusal.strip())
 
 
 @click.command()
 @click.argument("model")
 @click.option("--attack", "attacks", default="direct,prefill", show_default=True,
-              help="Comma-separated: direct, prefill, prefill-sampled, rank-prefill, rap, rap-oracle, completion, "
-                   "decoding-exploit.")
+              help="Comma-separated: direct, prefill, prefill-sampled, rank-prefill, rap, rap-oracle, deep-prefill, "
+                   "restart, many-shot, completion, decoding-exploit.")
 @click.option("--k", "ks", default="5,10,20,40", show_default=True, help="Prefill lengths (tokens).")
+@click.option("--deep-k", "deep_ks", default="64,128,256", show_default=True, help="deep-prefill's depths (tokens).")
+@click.option("--deep-tail", type=click.IntRange(min=1), default=16, show_default=True,
+              help="deep-prefill's last row forces the whole response but this many tokens.")
+@click.option("--shots", default="1,2,4", show_default=True,
+              help="many-shot: earlier compliant harmful exchanges in the context (as many as fit).")
+@click.option("--restart-refusal", default="I cannot help with that.", show_default=True,
+              help="restart: the refusal put between the harmful prefix and the next step marker.")
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
               help="Prompts (and harmful responses, for prefilling); repeatable.")
 @click.option("--judge", "judge_spec", default="keyword", show_default=True,
@@ -79,7 +91,8 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write results.parquet, samples.parquet, results.md, asr_vs_k.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the rows.")
 @corpus_options
-@options_to("cfg", _attack_config, "ks", "samples", "temperature", "top_p", "max_new_tokens", "seed", "thinking")
+@options_to("cfg", _attack_config, "ks", "samples", "temperature", "top_p", "max_new_tokens", "seed", "thinking",
+            "deep_ks", "deep_tail", "shots", "restart_refusal")
 def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
            tokenizer_path: Path | None, name: str | None, tag: str, limit: int | None, cfg: Any,
            benign: Path | None, refusal_keywords: Path | None, judge_template: Path | None,
