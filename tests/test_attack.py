@@ -388,3 +388,23 @@ def test_the_literature_attacks_and_a_prompt_list_from_the_cli(toy, tmp_path: Pa
                      (["--deep-k", "x"], "--deep-k must be comma-separated integers")):
         r = run_cli("attack", model, "--attack", "many-shot", "--data", data, *bad, *common)
         assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_asr_figure_is_small_multiples_with_one_colour_per_model() -> None:
+    """A panel per attack (only k rows), a line per model, a model's colour the same everywhere."""
+    from bftcore.attack import asr_figure
+    from bftcore.stats import RateRow
+
+    rows = [RateRow(m, "llama", a, k, "asr", (3 * k + i) % 50, 50) for i, m in enumerate(("aligned", "ours", "sft"))
+            for a in ("prefill", "rap", "restart", "deep-prefill") for k in (5, 10, 20)]
+    rows += [RateRow("aligned", "llama", "direct", None, "asr", 1, 50)]
+    fig = asr_figure(rows)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in panels) == ["deep-prefill", "prefill", "rap", "restart"]
+    colours: dict[str, set[tuple[float, ...]]] = {}
+    for ax in panels:
+        assert sorted(line.get_label() for line in ax.get_lines()) == ["aligned llama", "ours llama", "sft llama"]
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(tuple(line.get_color()))
+    assert all(len(c) == 1 for c in colours.values()) and len({next(iter(c)) for c in colours.values()}) == 3
+    assert len(fig.legends) == 1
