@@ -408,3 +408,24 @@ def test_asr_figure_is_small_multiples_with_one_colour_per_model() -> None:
             colours.setdefault(line.get_label(), set()).add(tuple(line.get_color()))
     assert all(len(c) == 1 for c in colours.values()) and len({next(iter(c)) for c in colours.values()}) == 3
     assert len(fig.legends) == 1
+
+
+def test_over_refusal_counts_refusals_per_label_on_xstest(aligned_suite) -> None:  # type: ignore[no-untyped-def]
+    """XSTest's 250 safe prompts and 200 unsafe contrasts: one refusal row per label, n per label,
+    x the samples whose answer the keyword list calls a refusal (or that are empty)."""
+    from dataclasses import replace
+
+    suite, _ = aligned_suite
+    xstest = read_corpus([shared_data() / "xstest" / "xstest_prompts.csv"])[0]
+    picked = [r for r in xstest if r.label == "safe"][:6] + [r for r in xstest if r.label == "unsafe"][:4]
+    judge = KeywordJudge(keywords=["I can", "Sure"])  # the toy model answers in its own words
+    res = Suite(suite.gen, judge, replace(suite.cfg, max_new_tokens=8)).over_refusal(picked)
+    assert [(r.attack, r.metric, r.n) for r in res.rows] == [("over-refusal:safe", "refusal", 6),
+                                                             ("over-refusal:unsafe", "refusal", 4)]
+    for row in res.rows:
+        mine = [s for s in res.samples if s.attack == row.attack]
+        assert row.x == sum(not s.continuation.strip() or judge.refuses(s.continuation) for s in mine)
+        assert row.x == sum(s.success for s in mine)
+    assert 0 < sum(r.x for r in res.rows) < len(picked)  # both kinds of answer occur: the count is tested
+    assert {r.label for r in xstest} == {"safe", "unsafe"}
+    assert sum(r.label == "safe" for r in xstest) == 250 and sum(r.label == "unsafe" for r in xstest) == 200
