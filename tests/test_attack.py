@@ -429,3 +429,35 @@ def test_over_refusal_counts_refusals_per_label_on_xstest(aligned_suite) -> None
     assert 0 < sum(r.x for r in res.rows) < len(picked)  # both kinds of answer occur: the count is tested
     assert {r.label for r in xstest} == {"safe", "unsafe"}
     assert sum(r.label == "safe" for r in xstest) == 250 and sum(r.label == "unsafe" for r in xstest) == 200
+
+
+def test_kl_to_a_reference_on_benign_responses(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--kl-to`: 0 against itself; against the base, the mean over response tokens of
+    KL(aligned || base) computed here from the two models' logits; without --benign, exit 2."""
+    aligned, base = toy.model_dir("llama", "aligned"), toy.model_dir("llama", "base")
+    benign = tmp_path / "benign.jsonl"
+    benign.write_text("\n".join((toy.data_dir / "benign_heldout.jsonl").read_text().splitlines()[:3]) + "\n")
+    common = ["--attack", "direct", "--data", str(benign), "--limit", "1", "--max-new-tokens", "2",
+              "--device", "cpu", "--json", "--benign", str(benign)]
+    got = {}
+    for ref in (aligned, base):
+        r = run_cli("attack", str(aligned), *common, "--kl-to", str(ref))
+        assert r.returncode == 0, r.stderr
+        (m,) = [m for m in json.loads(r.stdout)["measures"] if m["metric"].startswith("kl-to-")]
+        got[ref.name if ref == base else "self"] = m
+    assert got["self"]["value"] == pytest.approx(0.0, abs=1e-6)
+    tok = load_tokenizer(toy.tokenizer_dir("llama"))
+    ma, mb = load_model(aligned), load_model(base)
+    total, count = 0.0, 0
+    for rec in read_corpus([benign])[0]:
+        p, t = prompt_ids(tok, rec.messages()), response_ids(tok, rec.response or "", eos=True)
+        ids = torch.tensor([p + t])
+        with torch.no_grad():
+            la = torch.log_softmax(ma(input_ids=ids).logits[0, len(p) - 1: len(p) - 1 + len(t)], -1)
+            lb = torch.log_softmax(mb(input_ids=ids).logits[0, len(p) - 1: len(p) - 1 + len(t)], -1)
+        total += float(torch.nn.functional.kl_div(lb, la, log_target=True, reduction="sum"))
+        count += len(t)
+    assert got[base.name]["value"] == pytest.approx(total / count, rel=1e-4) and got[base.name]["value"] > 1e-6
+    assert got[base.name]["tokens"] == count
+    r = run_cli("attack", str(aligned), "--attack", "direct", "--data", str(benign), "--kl-to", str(base))
+    assert r.returncode == 2 and "--benign" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -519,6 +519,35 @@ def _top_n(logprobs: np.ndarray, n: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
+def kl_to_reference(gen: Any, reference: Any, records: Sequence[Record], *, model: str = "model",
+                    arch: str = "", reference_name: str = "reference", thinking: bool = False) -> dict[str, Any]:
+    """Mean per-token KL(model ‖ reference) over the records' responses given their prompts
+    (teacher-forced on the response tokens, both in float32; torch backend): how far hardening
+    moved the model on benign text. The two must share a tokenizer."""
+    import torch
+
+    from bftcore.chat import prompt_ids
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in records:
+            if not r.response:
+                continue
+            p = prompt_ids(gen.tokenizer, r.messages(), thinking=thinking)
+            t = response_ids(gen.tokenizer, r.response, eos=True)
+            ids = torch.tensor([p + t], device=gen.device)
+            span = slice(len(p) - 1, len(p) - 1 + len(t))
+            lp = torch.log_softmax(gen.model(input_ids=ids).logits[0, span].float(), -1)
+            lq = torch.log_softmax(reference(input_ids=ids.to(next(reference.parameters()).device))
+                                   .logits[0, span].float().to(lp.device), -1)
+            total += float((lp.exp() * (lp - lq)).sum())
+            count += len(t)
+    if not count:
+        raise BadInput("no responses to measure the KL divergence on")
+    return {"model": model, "arch": arch, "metric": f"kl-to-{reference_name}", "value": total / count,
+            "tokens": count, "documents": sum(1 for r in records if r.response)}
+
+
 # ---- output --------------------------------------------------------------------------------
 def markdown_table(rows: Sequence[RateRow], measures: Sequence[dict[str, Any]] = ()) -> str:
     lines = ["| model | arch | attack | k | metric | x/n | rate [95% CI] |",

@@ -75,6 +75,8 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--benign", type=click.Path(exists=True, path_type=Path), help="Benign prompt/response file: perplexity.")
+@click.option("--kl-to", "kl_to", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --benign: mean per-token KL(model || this model) on the benign responses (e.g. the aligned model).")
 @click.option("--refusal-keywords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Extra refusal keywords (one per line) for the keyword judge and the rank-assisted prefill.")
 @click.option("--judge-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -95,7 +97,7 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
             "deep_ks", "deep_tail", "shots", "restart_refusal")
 def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
            tokenizer_path: Path | None, name: str | None, tag: str, limit: int | None, cfg: Any,
-           benign: Path | None, refusal_keywords: Path | None, judge_template: Path | None,
+           benign: Path | None, kl_to: Path | None, refusal_keywords: Path | None, judge_template: Path | None,
            judge_label: str | None, toy_seed: int, lm_eval_tasks: str | None, contrast_base: Path | None,
            contrast_gamma: float, device: str, dtype: str, out: Path | None, as_json: bool, read: Any) -> None:
     """Attack a model and report each attack's success rate (x/n, 95% Wilson interval).
@@ -119,6 +121,8 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
     names = _attack_names(attacks)
     kind = detect_backend(model) if backend == "auto" else backend
     _check_torch_only(kind, benign, lm_eval_tasks, contrast_base, dtype)
+    if kl_to is not None and not benign:
+        raise BadInput("--kl-to measures on the --benign responses: give --benign too")
     dev = str(resolve_device(device))
     records = read_corpus(data, read)[0][:limit]
     judge, openers = _judge(judge_spec, toy_seed, refusal_keywords, judge_template, judge_label, dev)
@@ -130,7 +134,7 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
         suite = atk.Suite(gen, judge, cfg, model=label, arch=arch, openers=openers, progress=bar)
         for a in names:
             result.extend(suite.run(a, records, tag=tag))
-    result.measures += _measures(gen, label, arch, model, benign, lm_eval_tasks, dev, cfg.thinking)
+    result.measures += _measures(gen, label, arch, model, benign, lm_eval_tasks, dev, cfg.thinking, kl_to, dtype)
     if out:
         atk.write_results(result, out)
     _print_attack(result, judge.name, len(records), label, out, as_json)
@@ -179,14 +183,24 @@ def _judge(spec: str, toy_seed: int, refusal_keywords: Path | None, template: Pa
 
 
 def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,
-              lm_eval_tasks: str | None, device: str, thinking: bool) -> list[dict[str, Any]]:
-    """Capability beside the attacks: perplexity on benign responses, lm-eval-harness tasks."""
+              lm_eval_tasks: str | None, device: str, thinking: bool, kl_to: Path | None = None,
+              dtype: str = "auto") -> list[dict[str, Any]]:
+    """Capability beside the attacks: perplexity on benign responses, the KL divergence to a
+    reference model on them, lm-eval-harness tasks."""
     from bftcore import attack as atk
     from bftcore.corpus import read_corpus
+    from bftcore.models import check_same_tokenizer, load_model, load_tokenizer
+    from bftcore.precision import resolve_dtype, torch_dtype
 
     out = []
     if benign:
-        out.append(atk.perplexity(gen, read_corpus([benign])[0], model=label, arch=arch, thinking=thinking))
+        records = read_corpus([benign])[0]
+        out.append(atk.perplexity(gen, records, model=label, arch=arch, thinking=thinking))
+        if kl_to is not None:
+            check_same_tokenizer(gen.tokenizer, load_tokenizer(kl_to))
+            reference = load_model(kl_to, device=device, dtype=torch_dtype(resolve_dtype(dtype, device)))
+            out.append(atk.kl_to_reference(gen, reference, records, model=label, arch=arch,
+                                           reference_name=kl_to.resolve().name, thinking=thinking))
     if lm_eval_tasks:
         out.append({"model": label, "arch": arch, "metric": "lm_eval",
                     "value": atk.lm_eval(Path(model), lm_eval_tasks.split(","), device), "tokens": 0})
@@ -202,5 +216,7 @@ def _print_attack(result: Any, judge: str, records: int, label: str, out: Path |
     for m in result.measures:
         if m["metric"] == "perplexity":
             console.print(f"  perplexity on benign responses: {m['value']:.3f} ({m['tokens']} tokens)")
+        elif str(m["metric"]).startswith("kl-to-"):
+            console.print(f"  KL(model || {m['metric'][6:]}) on benign responses: {m['value']:.4f} nats/token")
     if out:
         console.print(f"  results in {out}")
