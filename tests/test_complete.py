@@ -540,3 +540,42 @@ def test_base_statistics_from_scored_shards_equal_the_online_ones(toy, small, tm
     other = run_cli(*[a if a != str(small["harmful"]) else str(toy.data_dir / "harmful_heldout.jsonl")
                       for a in args])
     assert other.returncode == 2 and "another corpus" in other.stderr
+
+
+def _first_token_logprob(model_dir: Path, records: list, tok) -> float:  # type: ignore[no-untyped-def]
+    """Mean log-prob of each harmful response's first token after its prompt (teacher-forced)."""
+    from bftcore.chat import prompt_ids, response_ids
+
+    model, total = load_model(model_dir), 0.0
+    for r in records:
+        p, t = prompt_ids(tok, r.messages()), response_ids(tok, r.response, eos=False)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + t[:1]])).logits[0, len(p) - 1]
+        total += float(torch.log_softmax(logits.float(), -1)[t[0]])
+    return total / len(records)
+
+
+def test_finetuning_attacks_from_the_cli(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`complete --method harmful-sft` (full and LoRA) and `harmful-constrained` fine-tune the
+    aligned model on 10 harmful pairs, no benign data: plain SFT raises the log-prob of the harmful
+    answers' first tokens (where the aligned model refuses); a defense without --benign exits 2."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join((toy.data_dir / "harmful_train.jsonl").read_text().splitlines()[:10]) + "\n")
+    aligned = toy.model_dir("llama", "aligned")
+    tok = load_tokenizer(aligned)
+    records = read_corpus([pairs])[0]
+    before = _first_token_logprob(aligned, records, tok)
+    common = ["--aligned", str(aligned), "--data", str(pairs), "--steps", "10", "--batch-size", "4", "--lr", "1e-3",
+              "--device", "cpu", "--json"]
+    after = {}
+    for name, extra in (("sft", ["--method", "harmful-sft"]), ("sft-lora", ["--method", "harmful-sft", "--lora", "--merge"]),
+                        ("constrained", ["--method", "harmful-constrained"])):
+        r = run_cli("complete", *common, *extra, "--out", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+        card = json.loads((tmp_path / name / cp.CARD).read_text())
+        assert card["config"]["method"] == extra[1] and card["data"]["benign"] == 0 and card["data"]["harmful"] == 10
+        after[name] = _first_token_logprob(tmp_path / name, records, tok)
+    assert after["sft"] > before + 1.0 and after["sft-lora"] > before, (before, after)
+    assert after["constrained"] != before  # it trained
+    r = run_cli("complete", *common, "--method", "sft", "--out", str(tmp_path / "defense"))
+    assert r.returncode == 2 and "needs --benign" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -17,7 +17,7 @@ from bftcore.cli.common import (
     progress_bars,
     thinking_option,
 )
-from bftcore.complete import METHODS, PENALTIES, TEACHERS, CompleteConfig, HardenInputs, harden
+from bftcore.complete import OBJECTIVES, PENALTIES, TEACHERS, CompleteConfig, HardenInputs, harden
 
 # the options that are CompleteConfig's fields (the adapter's alpha follows its rank: 2 r)
 CONFIG_OPTIONS = ("method", "steps", "batch_size", "grad_accum", "lr", "harmful_frac", "seed", "alpha", "lam",
@@ -46,11 +46,12 @@ def _harden_inputs(**options: Any) -> HardenInputs:
               help="Scored shards of the --data corpus ('bftcore score'): the penalty reads the base top-k there instead of running the base model.")
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
               help="Harmful prompts with harmful responses; repeatable.")
-@click.option("--benign", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
-              help="Benign prompt/response pairs (the capability anchor); repeatable.")
+@click.option("--benign", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Benign prompt/response pairs (the capability anchor; every defense needs them); repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output model directory.")
-@click.option("--method", type=click.Choice(list(METHODS)), default="bft", show_default=True,
-              help="bft (ours), or a baseline: sft, qi-augment, qi-constrained, derta.")
+@click.option("--method", type=click.Choice(list(OBJECTIVES)), default="bft", show_default=True,
+              help="bft (ours), or a baseline: sft, qi-augment, qi-constrained, derta; or a fine-tuning attack "
+                   "on --aligned: harmful-sft, harmful-constrained (trains on the --data pairs alone).")
 @click.option("--steps", type=click.IntRange(min=1), default=CompleteConfig.steps, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=CompleteConfig.batch_size, show_default=True, help="Global records per step.")
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)

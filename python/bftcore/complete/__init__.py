@@ -31,7 +31,15 @@ shards), card (the run card), job (`complete` and `harden`, the whole job).
 from bftcore.complete.base_stats import ShardBaseStats
 from bftcore.complete.batching import Batch, CompletionExample, collate, step_records
 from bftcore.complete.card import CARD
-from bftcore.complete.config import METHODS, PENALTIES, TEACHERS, CompleteConfig, check_run
+from bftcore.complete.config import (
+    FINETUNE_ATTACKS,
+    METHODS,
+    OBJECTIVES,
+    PENALTIES,
+    TEACHERS,
+    CompleteConfig,
+    check_run,
+)
 from bftcore.complete.data import (
     DEFAULT_REFUSALS,
     BenignItem,
@@ -47,7 +55,7 @@ from bftcore.complete.methods import make_examples, term_counts
 from bftcore.complete.profile import RetentionProfile
 
 __all__ = [
-    "CARD", "DEFAULT_REFUSALS", "METHODS", "PENALTIES", "TEACHERS", "Batch", "BenignItem", "CompleteConfig",
+    "CARD", "DEFAULT_REFUSALS", "FINETUNE_ATTACKS", "METHODS", "OBJECTIVES", "PENALTIES", "TEACHERS", "Batch", "BenignItem", "CompleteConfig",
     "CompletionData", "CompletionExample", "HardenInputs", "HarmfulItem", "RetentionProfile", "RunResult",
     "ShardBaseStats", "Trainer", "build_data", "check_run", "collate", "complete", "harden", "make_examples",
     "prepare_data", "step_records", "term_counts", "train_loop", "work_dir",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bftcore.complete.config import CompleteConfig
+from bftcore.complete.config import FINETUNE_ATTACKS, CompleteConfig
 from bftcore.complete.data import CompletionData
 
 if TYPE_CHECKING:  # torch is imported where it runs: `bftcore --help` stays fast
@@ -47,7 +47,7 @@ class CompletionExample:
 def step_records(data: CompletionData, cfg: CompleteConfig, step: int) -> tuple[list[int], list[int]]:
     """The harmful and benign record indices of one optimizer step: pure in (seed, step), drawn
     epoch by epoch from seeded permutations, the same for every method."""
-    n_h = max(1, round(cfg.batch_size * cfg.harmful_frac))
+    n_h = cfg.batch_size if cfg.method in FINETUNE_ATTACKS else max(1, round(cfg.batch_size * cfg.harmful_frac))
     n_b = cfg.batch_size - n_h
 
     def draw(n: int, size: int, stream: int) -> list[int]:

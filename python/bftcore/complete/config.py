@@ -9,7 +9,12 @@ from bftcore.errors import BadInput
 from bftcore.files import json_digest
 from bftcore.precision import DTYPES
 
-METHODS = ("bft", "sft", "qi-augment", "qi-constrained", "derta")
+METHODS = ("bft", "sft", "qi-augment", "qi-constrained", "derta")  # the defenses
+# fine-tuning attacks, not defenses: the attacker's harmful pairs as targets, every batch harmful
+# (Qi et al. 2024's threat model; harmful-constrained runs their token-wise constrained objective on
+# the attacker's data, as a fine-tuning service would apply it)
+FINETUNE_ATTACKS = ("harmful-sft", "harmful-constrained")
+OBJECTIVES = METHODS + FINETUNE_ATTACKS  # what `complete --method` trains
 TEACHERS = ("hybrid", "suppressed", "off")
 PENALTIES = ("linear", "l2", "off")
 
@@ -55,15 +60,15 @@ class CompleteConfig:
 
     def check(self) -> None:
         """The settings on their own (`check_run` adds what depends on the run's inputs)."""
-        if self.method not in METHODS:
-            raise BadInput(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.method not in OBJECTIVES:
+            raise BadInput(f"unknown method {self.method!r} (choose from {', '.join(OBJECTIVES)})")
         if self.teacher not in TEACHERS:
             raise BadInput(f"unknown teacher {self.teacher!r} (choose from {', '.join(TEACHERS)})")
         if self.penalty not in PENALTIES:
             raise BadInput(f"unknown penalty {self.penalty!r} (choose from {', '.join(PENALTIES)})")
         if self.steps < 1 or self.batch_size < 2 or self.grad_accum < 1:
             raise BadInput("--steps must be >= 1, --batch-size >= 2, --grad-accum >= 1")
-        if not 0.0 < self.harmful_frac < 1.0:
+        if not 0.0 < self.harmful_frac < 1.0 and self.method not in FINETUNE_ATTACKS:
             raise BadInput("--harmful-frac must lie strictly between 0 and 1")
         if self.dtype not in DTYPES:
             raise BadInput(f"unknown dtype {self.dtype!r} (choose from {', '.join(DTYPES)})")

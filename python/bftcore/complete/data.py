@@ -72,7 +72,8 @@ class CompletionData:
 def build_data(harmful: Sequence[Record], benign: Sequence[Record], aligned_gen: Any, *,
                refuses: Callable[[str], bool], templates: Sequence[str] = DEFAULT_REFUSALS,
                max_length: int = 512, max_new_tokens: int = 64,
-               progress: Progress | None = None, thinking: bool = False) -> CompletionData:
+               progress: Progress | None = None, thinking: bool = False,
+               need_benign: bool = True) -> CompletionData:
     """Token-level training data. `refuses(text) -> bool` is the judge that decides whether the
     aligned model's own answer to a clean harmful prompt is a refusal (then it is s(x)); otherwise
     a template refusal (chosen by a hash of the record id) stands in. `thinking`: prompts rendered
@@ -87,7 +88,7 @@ def build_data(harmful: Sequence[Record], benign: Sequence[Record], aligned_gen:
     if not usable:
         raise BadInput("no harmful records with a response: completion needs harmful responses "
                        "(the harmful prefixes it trains recovery from)")
-    if not [r for r in benign if r.response]:
+    if need_benign and not [r for r in benign if r.response]:
         raise BadInput("no benign records with a response: completion needs benign anchor pairs")
     prompts = [prompt_ids(tok, r.messages(), thinking=thinking) for r in usable]
     outs = aligned_gen.generate(prompts, Decoding(max_new_tokens),
@@ -111,7 +112,7 @@ def build_data(harmful: Sequence[Record], benign: Sequence[Record], aligned_gen:
             p, y = prompt_ids(tok, r.messages(), thinking=thinking), response_ids(tok, r.response)
             if len(p) + len(y) <= max_length:
                 anchors.append(BenignItem(r.id, p, y))
-    if not items or not anchors:
+    if not items or (need_benign and not anchors):
         raise BadInput(f"no training pairs fit --max-length {max_length}")
     return CompletionData(items, anchors)
 

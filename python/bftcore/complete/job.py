@@ -14,7 +14,7 @@ from bftcore.cache import stage_key
 from bftcore.complete.base_stats import ShardBaseStats
 from bftcore.complete.card import CARD, card_markdown, run_card
 from bftcore.complete.checkpoints import exclusive
-from bftcore.complete.config import CompleteConfig, check_run, needs_base_model
+from bftcore.complete.config import FINETUNE_ATTACKS, CompleteConfig, check_run, needs_base_model
 from bftcore.complete.data import DEFAULT_REFUSALS, CompletionData, build_data, prepare_data, work_dir
 from bftcore.complete.loop import RunResult, Trainer, train_loop
 from bftcore.complete.profile import RetentionProfile
@@ -54,7 +54,7 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
     frozen = torch_dtype(cfg.dtype)  # models that never train are kept in the compute type
     if cfg.lora:  # the frozen aligned model is the trainee with its adapter disabled
         model = with_lora(model, cfg)
-    elif cfg.method in ("bft", "qi-constrained"):
+    elif cfg.method in ("bft", "qi-constrained", "harmful-constrained"):
         reference = load_model(aligned, device=device, dtype=frozen).requires_grad_(False)
     base_model = None
     if needs_base_model(cfg, base_stats=base_stats is not None):
@@ -134,7 +134,11 @@ def harden(inputs: HardenInputs, cfg: CompleteConfig, *, progress: Progress | No
     device = dist.local_device(str(resolve_device(inputs.device)))
     profile = RetentionProfile.from_index(bfti.Index(inputs.index)) if inputs.index is not None else None
     harmful, _ = read_corpus(inputs.data, inputs.read)
-    benign, _ = read_corpus(inputs.benign, replace(inputs.read, label=inputs.read.label or "benign"))
+    attack = cfg.method in FINETUNE_ATTACKS  # the attacker's harmful pairs alone
+    if not inputs.benign and not attack:
+        raise BadInput(f"--method {cfg.method} needs --benign (benign prompt/response pairs, the capability anchor)")
+    benign = read_corpus(inputs.benign, replace(inputs.read, label=inputs.read.label or "benign"))[0] \
+        if inputs.benign else []
     templates = _lines(inputs.refusals) if inputs.refusals else list(DEFAULT_REFUSALS)
     judge = KeywordJudge(extra=[*templates, *(_lines(inputs.refusal_keywords) if inputs.refusal_keywords else [])])
 
@@ -142,7 +146,8 @@ def harden(inputs: HardenInputs, cfg: CompleteConfig, *, progress: Progress | No
         weights = torch_dtype(resolve_dtype(cfg.dtype, device))
         gen = TorchGenerator(load_model(aligned, device=device, dtype=weights), load_tokenizer(aligned))
         return build_data(harmful, benign, gen, refuses=judge.refuses, templates=templates,
-                          max_length=inputs.max_length, progress=progress, thinking=cfg.thinking)
+                          max_length=inputs.max_length, progress=progress, thinking=cfg.thinking,
+                          need_benign=not attack)
 
     data = prepare_data(inputs.out, build)
     stats = None

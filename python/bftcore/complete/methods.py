@@ -1,4 +1,4 @@
-"""The five methods, one entry each in `REGISTRY`: how a method turns a harmful record into an
+"""The five methods and two fine-tuning attacks, one entry each in `REGISTRY`: how a method turns a harmful record into an
 example, how many positions each of its loss terms averages over, and its loss.
 
     bft             direct x -> s(x) with probability direct_frac, else recovery x, h_<=k -> s(x)
@@ -10,6 +10,9 @@ example, how many positions each of its loss terms averages over, and its loss.
                     frozen aligned model, β by response position
     derta           k ~ U[0, n]; CE on the refusal, and the refusal's first token as the target at
                     every prefix position
+    harmful-sft     a fine-tuning attack: x -> h(x), the attacker's harmful pair; CE
+    harmful-constrained  the same pairs under qi-constrained's token-wise objective against the
+                    frozen starting model (a fine-tuning service's defense, Qi et al. 2024)
 
 A loss returns each term already as its share of the global mean (`LossContext.share`): summed
 over micro-batches and ranks, the terms are the means over the whole global batch.
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bftcore.complete.batching import Batch, CompletionExample, step_records
-from bftcore.complete.config import METHODS, CompleteConfig
+from bftcore.complete.config import OBJECTIVES, CompleteConfig
 from bftcore.complete.data import CompletionData, HarmfulItem
 from bftcore.complete.profile import RetentionProfile
 
@@ -191,6 +194,13 @@ def bft_loss(b: Batch, logits: Tensor, ctx: LossContext) -> dict[str, Tensor]:
     return terms
 
 
+# ---- fine-tuning attacks (not defenses) ----------------------------------------------------
+def harmful_example(it: HarmfulItem, cfg: CompleteConfig, profile: RetentionProfile,
+                    rng: random.Random) -> CompletionExample:
+    """The attacker's pair: x -> h(x), ending the turn (the eos that ends s(x))."""
+    return CompletionExample("direct", it.prompt, [], it.response + it.refusal[-1:])
+
+
 # ---- the registry --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method:
@@ -205,8 +215,10 @@ REGISTRY: dict[str, Method] = {
     "qi-augment": Method(qi_example, qi_augment_counts, qi_augment_loss),
     "qi-constrained": Method(qi_example, qi_constrained_counts, qi_constrained_loss),
     "derta": Method(derta_example, derta_counts, derta_loss),
+    "harmful-sft": Method(harmful_example, sft_counts, sft_loss),
+    "harmful-constrained": Method(harmful_example, qi_constrained_counts, qi_constrained_loss),
 }
-assert tuple(REGISTRY) == METHODS
+assert tuple(REGISTRY) == OBJECTIVES
 
 
 def make_examples(data: CompletionData, cfg: CompleteConfig, profile: RetentionProfile,
