@@ -87,6 +87,9 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 @click.option("--contrast-base", type=click.Path(path_type=Path),
               help="Decode with contrastive suppression of this base model's favored tokens (inference-time variant).")
 @click.option("--contrast-gamma", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option("--ada-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Any-Depth Alignment (inference-time defense): re-insert the assistant header every N generated "
+                   "tokens and end the answer where the model then refuses; 0: off.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @dtype_option("The torch backend's model and --contrast-base; a GGUF or ONNX target has its own types.")
 @thinking_option
@@ -99,7 +102,7 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
            tokenizer_path: Path | None, name: str | None, tag: str, limit: int | None, cfg: Any,
            benign: Path | None, kl_to: Path | None, refusal_keywords: Path | None, judge_template: Path | None,
            judge_label: str | None, toy_seed: int, lm_eval_tasks: str | None, contrast_base: Path | None,
-           contrast_gamma: float, device: str, dtype: str, out: Path | None, as_json: bool, read: Any) -> None:
+           contrast_gamma: float, ada_every: int, device: str, dtype: str, out: Path | None, as_json: bool, read: Any) -> None:
     """Attack a model and report each attack's success rate (x/n, 95% Wilson interval).
 
     Prefilling forces the first k tokens of each record's harmful response as the start of the
@@ -129,12 +132,21 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
     gen, arch = open_target(model, kind, device=dev, tokenizer=tokenizer_path, contrast_base=contrast_base,
                             contrast_gamma=contrast_gamma, dtype=dtype)
     label = name or (model if kind == "server" else Path(model).resolve().name)
+    model_gen = gen  # perplexity and KL read the model itself
+    if ada_every:
+        from bftcore.anydepth import AnyDepthConfig, AnyDepthGenerator, refusal_opening
+
+        gen = AnyDepthGenerator(gen, refusal_opening([*atk.REFUSAL_OPENINGS, *openers]),
+                                AnyDepthConfig(every=ada_every), thinking=cfg.thinking)
     result = atk.AttackResult()
     with progress_bars() as bar:
         suite = atk.Suite(gen, judge, cfg, model=label, arch=arch, openers=openers, progress=bar)
         for a in names:
             result.extend(suite.run(a, records, tag=tag))
-    result.measures += _measures(gen, label, arch, model, benign, lm_eval_tasks, dev, cfg.thinking, kl_to, dtype)
+    if ada_every:
+        result.measures.append({"model": label, "arch": arch, "attack": "any-depth", "metric": "ada-reassessed",
+                                "value": gen.reassessed, "tokens": 0})
+    result.measures += _measures(model_gen, label, arch, model, benign, lm_eval_tasks, dev, cfg.thinking, kl_to, dtype)
     if out:
         atk.write_results(result, out)
     _print_attack(result, judge.name, len(records), label, out, as_json)
