@@ -579,3 +579,35 @@ def test_finetuning_attacks_from_the_cli(toy, tmp_path: Path) -> None:  # type: 
     assert after["constrained"] != before  # it trained
     r = run_cli("complete", *common, "--method", "sft", "--out", str(tmp_path / "defense"))
     assert r.returncode == 2 and "needs --benign" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_prefill_attention_is_the_mass_on_the_prefill_columns() -> None:
+    """With uniform causal attention a target at column c pays K / (c + 1) to its K prefill
+    tokens; benign and direct targets are not counted."""
+    ex = [cp.CompletionExample("recovery", [5, 6, 7], [8, 9], [10, 11, 2]),
+          cp.CompletionExample("benign", [5, 6], [], [12, 2]),
+          cp.CompletionExample("recovery", [5], [8, 9, 9, 9], [10, 2])]
+    b = cp.collate(ex, pad_id=0, device=torch.device("cpu"))
+    width = b.ids.shape[1]
+    causal = torch.tril(torch.ones(width, width))
+    uniform = (causal / causal.sum(-1, keepdim=True))[None, None].expand(len(ex), 2, width, width)
+    from bftcore.complete.methods import prefill_attention
+
+    got = prefill_attention(b, [uniform, uniform])
+    want = [2 / (c + 1) for c in (4, 5, 6)] + [4 / (c + 1) for c in (4, 5)]
+    assert got.tolist() == pytest.approx(want)
+
+
+def test_presto_without_its_regulariser_is_qi_augment_and_with_it_trains_the_attention(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = _data(toy, small)
+    runs = {}
+    for name, method, lam in (("qi", "qi-augment", 1.0), ("presto0", "presto", 0.0), ("presto", "presto", 5.0)):
+        cfg = cp.CompleteConfig(method=method, steps=4, batch_size=8, presto_lambda=lam, checkpoint_every=100)
+        result = cp.complete(None, toy.model_dir(ARCH, "aligned"), data, tmp_path / name, cfg)
+        runs[name] = (result.log, _weights(tmp_path / name))
+    (qi_log, qi_w), (p0_log, p0_w), (p_log, p_w) = runs["qi"], runs["presto0"], runs["presto"]
+    assert [e["ce_harmful"] for e in p0_log] == pytest.approx([e["ce_harmful"] for e in qi_log], rel=1e-5)
+    assert all(torch.allclose(qi_w[k], p0_w[k], atol=1e-6) for k in qi_w)
+    assert all(e["attention"] == 0 for e in p0_log) and all(e["attention"] >= 0 for e in p_log)
+    assert sum(e["attention"] > 0 for e in p_log) >= 2  # steps with recovery targets pay it
+    assert not all(torch.allclose(qi_w[k], p_w[k], atol=1e-6) for k in qi_w)

@@ -21,7 +21,7 @@ from bftcore.complete import OBJECTIVES, PENALTIES, TEACHERS, CompleteConfig, Ha
 
 # the options that are CompleteConfig's fields (the adapter's alpha follows its rank: 2 r)
 CONFIG_OPTIONS = ("method", "steps", "batch_size", "grad_accum", "lr", "harmful_frac", "seed", "alpha", "lam",
-                  "penalty", "beta", "teacher", "gamma", "direct_frac", "max_prefix", "lora", "lora_r",
+                  "penalty", "beta", "teacher", "gamma", "direct_frac", "max_prefix", "presto_lambda", "lora", "lora_r",
                   "checkpoint_every", "fsdp", "grad_checkpointing", "dtype", "thinking")
 # the options that are HardenInputs' fields: what to train on, where from and where to
 INPUT_OPTIONS = ("aligned", "data", "benign", "out", "base", "index", "base_shards", "read", "refusals",
@@ -50,7 +50,7 @@ def _harden_inputs(**options: Any) -> HardenInputs:
               help="Benign prompt/response pairs (the capability anchor; every defense needs them); repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output model directory.")
 @click.option("--method", type=click.Choice(list(OBJECTIVES)), default="bft", show_default=True,
-              help="bft (ours), or a baseline: sft, qi-augment, qi-constrained, derta; or a fine-tuning attack "
+              help="bft (ours), or a baseline: sft, qi-augment, qi-constrained, derta, presto; or a fine-tuning attack "
                    "on --aligned: harmful-sft, harmful-constrained (trains on the --data pairs alone).")
 @click.option("--steps", type=click.IntRange(min=1), default=CompleteConfig.steps, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=CompleteConfig.batch_size, show_default=True, help="Global records per step.")
@@ -64,6 +64,8 @@ def _harden_inputs(**options: Any) -> HardenInputs:
 @click.option("--beta", type=click.FloatRange(min=0), default=CompleteConfig.beta, show_default=True, help="Distillation weight.")
 @click.option("--teacher", type=click.Choice(list(TEACHERS)), default=CompleteConfig.teacher, show_default=True)
 @click.option("--gamma", type=click.FloatRange(min=0), default=CompleteConfig.gamma, show_default=True, help="Suppression strength of --teacher suppressed.")
+@click.option("--presto-lambda", type=click.FloatRange(min=0), default=CompleteConfig.presto_lambda, show_default=True,
+              help="presto: weight of the attention the refusal pays to the harmful prefill.")
 @click.option("--direct-frac", type=click.FloatRange(0, 1), default=CompleteConfig.direct_frac, show_default=True, help="bft: harmful records trained without a prefix.")
 @click.option("--max-prefix", type=click.IntRange(min=1), help="bft: cap on the prefix length k.")
 @click.option("--lora", is_flag=True, help="Train a LoRA adapter (peft) instead of full weights.")

@@ -9,7 +9,7 @@ from bftcore.errors import BadInput
 from bftcore.files import json_digest
 from bftcore.precision import DTYPES
 
-METHODS = ("bft", "sft", "qi-augment", "qi-constrained", "derta")  # the defenses
+METHODS = ("bft", "sft", "qi-augment", "qi-constrained", "derta", "presto")  # the defenses
 # fine-tuning attacks, not defenses: the attacker's harmful pairs as targets, every batch harmful
 # (Qi et al. 2024's threat model; harmful-constrained runs their token-wise constrained objective on
 # the attacker's data, as a fine-tuning service would apply it)
@@ -45,6 +45,7 @@ class CompleteConfig:
     # baselines
     qi_alpha: float = 0.2
     qi_max_prefix: int = 100
+    presto_lambda: float = 1.0  # PRESTO: weight of the attention paid to the harmful prefill
     # model
     lora: bool = False
     lora_r: int = 16

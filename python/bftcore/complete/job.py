@@ -17,6 +17,7 @@ from bftcore.complete.checkpoints import exclusive
 from bftcore.complete.config import FINETUNE_ATTACKS, CompleteConfig, check_run, needs_base_model
 from bftcore.complete.data import DEFAULT_REFUSALS, CompletionData, build_data, prepare_data, work_dir
 from bftcore.complete.loop import RunResult, Trainer, train_loop
+from bftcore.complete.methods import reads_attention
 from bftcore.complete.profile import RetentionProfile
 from bftcore.complete.scaling import distribute, enable_grad_checkpointing, trainee_dtype, unsharded, with_lora
 from bftcore.corpus import ReadOptions
@@ -48,6 +49,8 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
     aligned = Path(aligned)
     tok = load_tokenizer(aligned)
     model = load_model(aligned, device=device, dtype=trainee_dtype(cfg))
+    if reads_attention(cfg):  # the attention probabilities themselves: eager attention
+        model.set_attn_implementation("eager")
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
     reference = None

@@ -22,7 +22,7 @@ from bftcore.complete.batching import Batch, collate
 from bftcore.complete.checkpoints import load_checkpoint, save_checkpoint
 from bftcore.complete.config import CompleteConfig
 from bftcore.complete.data import CompletionData
-from bftcore.complete.methods import REGISTRY, LossContext, make_examples, term_counts
+from bftcore.complete.methods import REGISTRY, LossContext, make_examples, reads_attention, term_counts
 from bftcore.complete.profile import RetentionProfile
 from bftcore.files import atomic_write
 from bftcore.progress import Progress
@@ -94,10 +94,12 @@ class Trainer:
         from bftcore.train import autocast
 
         fwd = self.ddp if self.ddp is not None else self.model
+        attention = reads_attention(self.cfg)
         with autocast(self.device, self.compute):
-            logits = fwd(input_ids=b.ids, attention_mask=b.mask).logits
-        ctx = LossContext(self.cfg, self.profile, norm, self.reference_logp, self.base_logp, self.base_topk)
-        terms = REGISTRY[self.cfg.method].loss(b, logits, ctx)
+            out = fwd(input_ids=b.ids, attention_mask=b.mask, output_attentions=attention)
+        ctx = LossContext(self.cfg, self.profile, norm, self.reference_logp, self.base_logp, self.base_topk,
+                          attentions=tuple(out.attentions or ()) if attention else ())
+        terms = REGISTRY[self.cfg.method].loss(b, out.logits, ctx)
         loss = sum(terms.values(), torch.zeros((), device=self.device))
         return loss, {k: float(v.detach()) for k, v in terms.items()}
 

@@ -1,4 +1,4 @@
-"""The five methods and two fine-tuning attacks, one entry each in `REGISTRY`: how a method turns a harmful record into an
+"""The six methods and two fine-tuning attacks, one entry each in `REGISTRY`: how a method turns a harmful record into an
 example, how many positions each of its loss terms averages over, and its loss.
 
     bft             direct x -> s(x) with probability direct_frac, else recovery x, h_<=k -> s(x)
@@ -8,6 +8,8 @@ example, how many positions each of its loss terms averages over, and its loss.
     qi-augment      k = 0 half the time, else min(n, U[1, 100]); α·CE(harmful) + (1 − α)·CE(benign)
     qi-constrained  qi-augment's examples; the token-wise constrained objective against the
                     frozen aligned model, β by response position
+    presto          qi-augment's examples and loss + λ·the attention mass the refusal's positions
+                    pay to the harmful prefill tokens (mean over layers, heads and positions)
     derta           k ~ U[0, n]; CE on the refusal, and the refusal's first token as the target at
                     every prefix position
     harmful-sft     a fine-tuning attack: x -> h(x), the attacker's harmful pair; CE
@@ -50,6 +52,8 @@ class LossContext:
     base_logp: Callable[[Batch, Tensor, Tensor], Tensor]
     # batch -> the base's (top-k ids, top-k log-probs) at the prefix positions
     base_topk: Callable[[Batch], tuple[Tensor, Tensor]]
+    # the trainee's attention probabilities per layer [B, H, L, L], for methods that ask for them
+    attentions: Sequence[Tensor] = ()
 
     def share(self, mean: Tensor, n: int, term: str) -> Tensor:
         """A micro-batch's mean over its n positions as its part of the global mean of `term`."""
@@ -127,6 +131,37 @@ def qi_constrained_loss(b: Batch, logits: Tensor, ctx: LossContext) -> dict[str,
     ref_lp = ref.gather(-1, b.tgt_tok[:, None]).squeeze(-1)
     term = constrained_sft(logits[b.tgt_row, b.tgt_col], b.tgt_tok, ref_lp, qi_betas(b.tgt_pos))
     return {"constrained": ctx.share(term, b.tgt_tok.numel(), "constrained")}
+
+
+# ---- presto ----------------------------------------------------------------------------------
+def presto_counts(examples: Sequence[CompletionExample]) -> dict[str, int]:
+    recovery = [e for e in examples if e.kind == "recovery"]
+    return {**qi_augment_counts(examples), "attention": _targets(recovery)}
+
+
+def prefill_attention(b: Batch, attentions: Sequence[Tensor]) -> Tensor:
+    """Per recovery target position: the attention mass it pays to its row's harmful prefill
+    tokens, averaged over layers and heads."""
+    import torch
+
+    rec = b.tgt_recovery
+    rows, cols = b.tgt_row[rec], b.tgt_col[rec]
+    keys = torch.zeros(b.ids.shape, dtype=torch.float32, device=b.ids.device)
+    keys[b.pre_row, b.pre_col + 1] = 1.0  # the prefill tokens' own columns
+    mass = torch.zeros(rows.shape, dtype=torch.float32, device=b.ids.device)
+    for layer in attentions:  # [B, H, L, L]
+        mass = mass + (layer[rows, :, cols, :].float() * keys[rows][:, None, :]).sum(-1).mean(-1)
+    return mass / max(len(attentions), 1)
+
+
+def presto_loss(b: Batch, logits: Tensor, ctx: LossContext) -> dict[str, Tensor]:
+    terms = qi_augment_loss(b, logits, ctx)
+    if ctx.cfg.presto_lambda > 0 and bool(b.tgt_recovery.any()):
+        mass = prefill_attention(b, ctx.attentions)
+        terms["attention"] = ctx.cfg.presto_lambda * ctx.share(mass.mean(), mass.numel(), "attention")
+    else:  # no recovery target in this micro-batch (or λ = 0): the term is logged as 0
+        terms["attention"] = logits.sum() * 0.0
+    return terms
 
 
 # ---- derta ---------------------------------------------------------------------------------
@@ -207,6 +242,7 @@ class Method:
     example: Callable[[HarmfulItem, CompleteConfig, RetentionProfile, random.Random], CompletionExample]
     counts: Callable[[Sequence[CompletionExample]], dict[str, int]]
     loss: Callable[[Batch, Tensor, LossContext], dict[str, Tensor]]
+    attention: bool = False  # its loss reads the trainee's attention probabilities (eager attention)
 
 
 REGISTRY: dict[str, Method] = {
@@ -215,10 +251,17 @@ REGISTRY: dict[str, Method] = {
     "qi-augment": Method(qi_example, qi_augment_counts, qi_augment_loss),
     "qi-constrained": Method(qi_example, qi_constrained_counts, qi_constrained_loss),
     "derta": Method(derta_example, derta_counts, derta_loss),
+    "presto": Method(qi_example, presto_counts, presto_loss, attention=True),
     "harmful-sft": Method(harmful_example, sft_counts, sft_loss),
     "harmful-constrained": Method(harmful_example, qi_constrained_counts, qi_constrained_loss),
 }
 assert tuple(REGISTRY) == OBJECTIVES
+
+
+def reads_attention(cfg: CompleteConfig) -> bool:
+    """Whether the run's loss reads the trainee's attention probabilities (presto with λ > 0):
+    the trainee then runs eager attention, which the others do not pay for."""
+    return REGISTRY[cfg.method].attention and cfg.presto_lambda > 0
 
 
 def make_examples(data: CompletionData, cfg: CompleteConfig, profile: RetentionProfile,
