@@ -24,7 +24,7 @@ VERSIONS = {
     "toy-world": 1,
     # complete/ and losses.py: a completed model's weights for given data, models and settings
     "completion": 1,
-    # attack.py, generate.py, judge.py, backends.py, chat.py: the rows measured on a model
+    # attack/, generate.py, judge.py, backends.py, chat.py, anydepth.py: the rows measured on a model
     "attack-rows": 1,
     # export/: a GGUF or ONNX file for a given model directory
     "export": 3,

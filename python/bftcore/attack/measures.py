@@ -1,0 +1,79 @@
+"""Measures beside the attacks: perplexity and KL divergence on benign responses (PyTorch), and
+lm-eval-harness tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bftcore.chat import response_ids
+from bftcore.corpus import Record
+from bftcore.errors import BadInput
+
+
+def perplexity(gen: Any, records: Sequence[Record], *, model: str = "model", arch: str = "",
+               thinking: bool = False) -> dict[str, Any]:
+    """Perplexity of the records' responses given their prompts (teacher-forced, torch backend)."""
+    import torch
+
+    from bftcore.chat import prompt_ids
+
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for r in records:
+            if not r.response:
+                continue
+            p = prompt_ids(gen.tokenizer, r.messages(), thinking=thinking)
+            t = response_ids(gen.tokenizer, r.response, eos=True)
+            ids = torch.tensor([p + t], device=gen.device)
+            logits = gen.model(input_ids=ids).logits[0, len(p) - 1: len(p) - 1 + len(t)].float()
+            lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t, device=gen.device)[:, None])
+            nll -= float(lp.sum())
+            count += len(t)
+    if not count:
+        raise BadInput("no responses to measure perplexity on")
+    return {"model": model, "arch": arch, "metric": "perplexity", "value": float(np.exp(nll / count)),
+            "tokens": count, "documents": sum(1 for r in records if r.response)}
+
+
+def kl_to_reference(gen: Any, reference: Any, records: Sequence[Record], *, model: str = "model",
+                    arch: str = "", reference_name: str = "reference", thinking: bool = False) -> dict[str, Any]:
+    """Mean per-token KL(model ‖ reference) over the records' responses given their prompts
+    (teacher-forced on the response tokens, both in float32; torch backend): how far hardening
+    moved the model on benign text. The two must share a tokenizer."""
+    import torch
+
+    from bftcore.chat import prompt_ids
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in records:
+            if not r.response:
+                continue
+            p = prompt_ids(gen.tokenizer, r.messages(), thinking=thinking)
+            t = response_ids(gen.tokenizer, r.response, eos=True)
+            ids = torch.tensor([p + t], device=gen.device)
+            span = slice(len(p) - 1, len(p) - 1 + len(t))
+            lp = torch.log_softmax(gen.model(input_ids=ids).logits[0, span].float(), -1)
+            lq = torch.log_softmax(reference(input_ids=ids.to(next(reference.parameters()).device))
+                                   .logits[0, span].float().to(lp.device), -1)
+            total += float((lp.exp() * (lp - lq)).sum())
+            count += len(t)
+    if not count:
+        raise BadInput("no responses to measure the KL divergence on")
+    return {"model": model, "arch": arch, "metric": f"kl-to-{reference_name}", "value": total / count,
+            "tokens": count, "documents": sum(1 for r in records if r.response)}
+
+
+def lm_eval(model: Path, tasks: Sequence[str], device: str = "cpu") -> dict[str, Any]:
+    """Run an lm-eval-harness task list on a model directory, when that package is installed."""
+    try:
+        import lm_eval as harness  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise BadInput("--lm-eval needs the lm-eval package (pip install lm-eval)") from e
+    results = harness.simple_evaluate(model="hf", model_args=f"pretrained={model},local_files_only=True",
+                                      tasks=list(tasks), device=device)
+    return dict(results.get("results", {}))

@@ -1,0 +1,90 @@
+"""What an attack run writes: the markdown table, the ASR-vs-k figure, the Parquet files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bftcore.attack.suite import AttackResult
+from bftcore.stats import RateRow
+
+
+def markdown_table(rows: Sequence[RateRow], measures: Sequence[dict[str, Any]] = ()) -> str:
+    lines = ["| model | arch | attack | k | metric | x/n | rate [95% CI] |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.arch} | {r.attack} | {'' if r.k is None else r.k} | {r.metric} "
+                     f"| {r.fraction()} | {r.interval()} |")
+    for m in measures:
+        where = m.get("attack", "benign") + (f" ({m['bucket']})" if "bucket" in m else "")
+        lines.append(f"| {m['model']} | {m['arch']} | {where} | {m.get('k', '')} | {m['metric']} "
+                     f"| {m['tokens']} tokens | {m['value']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_asr_vs_k(rows: Sequence[RateRow], path: Path) -> None:
+    """asr_figure(rows) as a PNG at `path`."""
+    from bftcore.plots import save_figure
+
+    save_figure(asr_figure(rows), path)
+
+
+def asr_figure(rows: Sequence[RateRow]) -> Any:
+    """ASR against the prefill length k as small multiples: a panel per attack, a line (with its
+    95% band) per model, each model in the same colour in every panel, one legend for all."""
+    from bftcore.plots import pyplot
+
+    plt = pyplot()
+    series: dict[str, dict[str, list[RateRow]]] = {}
+    for r in rows:
+        if r.k is not None and r.metric == "asr":
+            series.setdefault(r.attack, {}).setdefault(f"{r.model} {r.arch}".strip(), []).append(r)
+    models = sorted({m for by_model in series.values() for m in by_model})
+    colours = {m: plt.get_cmap("tab10" if len(models) <= 10 else "tab20")(i % 20) for i, m in enumerate(models)}
+    cols = min(3, max(1, len(series)))
+    nrows = max(1, -(-len(series) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.9 * nrows + 0.35 * (1 + len(models) // 4)),
+                             squeeze=False, sharey=True, constrained_layout=True)
+    all_ks = sorted({r.k for by_model in series.values() for rs in by_model.values() for r in rs if r.k is not None})
+    for ax, (attack, by_model) in zip(axes.flat, sorted(series.items())):
+        for model, rs in sorted(by_model.items()):
+            rs = sorted(rs, key=lambda r: r.k or 0)
+            ks = [r.k for r in rs if r.k is not None]
+            ax.plot(ks, [100 * r.rate for r in rs], marker="o", ms=3, color=colours[model], label=model)
+            ax.fill_between(ks, [100 * r.ci[0] for r in rs], [100 * r.ci[1] for r in rs],
+                            color=colours[model], alpha=0.12, lw=0)
+        ax.set_title(attack, fontsize=9)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_ks, [str(k) for k in all_ks])
+        ax.minorticks_off()
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("prefilled tokens k", fontsize=7)
+    for ax in list(axes.flat)[len(series):]:
+        ax.set_visible(False)
+    fig.supylabel("attack success rate, % (95% Wilson)", fontsize=8)
+    if models:
+        handles = [plt.Line2D([], [], color=colours[m], marker="o", ms=3, label=m) for m in models]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(models)), fontsize=7, frameon=False)
+    return fig
+
+
+def write_results(result: AttackResult, out: Path) -> None:
+    """results.parquet (rows), samples.parquet (every generation, judged), results.md, asr_vs_k.png."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bftcore.files import atomic_file, atomic_write, atomic_write_json
+
+    rows = [r.to_dict() for r in result.rows]
+    samples = [asdict(s) for s in result.samples]
+    for name, table in (("results.parquet", pa.Table.from_pylist(rows) if rows else pa.table({})),
+                        ("samples.parquet", pa.Table.from_pylist(samples) if samples else pa.table({}))):
+        with atomic_file(out / name) as tmp:
+            pq.write_table(table, tmp)
+    atomic_write(out / "results.md", markdown_table(result.rows, result.measures))
+    atomic_write_json(out / "measures.json", result.measures)
+    plot_asr_vs_k(result.rows, out / "asr_vs_k.png")
