@@ -197,3 +197,22 @@ def test_bad_dtype_exits_2_with_one_line(toy, files, tmp_path: Path, capsys: Any
     assert exit_.value.code == 2 and why in err, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("bftcore: error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_later_settings_stay_out_of_keys_only_at_their_defaults() -> None:
+    """Every setting listed as later (cache.LATER_SETTINGS) defaults, in each config that has it,
+    to a value that leaves it out of the keys; any other value enters them."""
+    from dataclasses import fields
+
+    from bftcore.attack import AttackConfig
+    from bftcore.cache import LATER_SETTINGS
+
+    seen = set()
+    for cfg in (cp.CompleteConfig(), AttackConfig(), ScoreConfig()):
+        for f in fields(cfg):
+            if f.name in LATER_SETTINGS:
+                seen.add(f.name)
+                assert getattr(cfg, f.name) in LATER_SETTINGS[f.name], (type(cfg).__name__, f.name)
+                assert f.name not in settings(cfg)
+    assert seen == set(LATER_SETTINGS)
+    assert "deep_ks" in settings(AttackConfig(deep_ks=(32,))) and "presto_lambda" in settings(cp.CompleteConfig(presto_lambda=2.0))

@@ -48,7 +48,14 @@ LIBRARIES = {
 # Settings added after entries were keyed, with the values under which a stage computes what it
 # did before they existed: there a setting stays out of a key (`settings`), so earlier keys still
 # hold. "auto" precision is float32 on a CPU; keys that leave the device out leave it out too.
-LATER_SETTINGS: dict[str, tuple[Any, ...]] = {"dtype": ("auto", "float32"), "thinking": (False,)}
+# The attacks' and methods' own settings join at their defaults: an attack or method that does not
+# read them computes what it did.
+LATER_SETTINGS: dict[str, tuple[Any, ...]] = {
+    "dtype": ("auto", "float32"), "thinking": (False,),
+    # issue 16: deep-prefill, restart, many-shot (AttackConfig), presto (CompleteConfig)
+    "deep_ks": ((64, 128, 256),), "deep_tail": (16,), "restart_refusal": ("I cannot help with that.",),
+    "shots": ((1, 2, 4),), "presto_lambda": (1.0,),
+}
 
 
 def settings(cfg: Any) -> dict[str, Any]:
