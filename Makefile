@@ -30,7 +30,7 @@ install:
 	@$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" \
 		CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install --quiet "llama-cpp-python==0.3.36"
 	@# editable install: builds the Rust core (cargo keeps target/ incremental) and the CLI entry point
-	$(PIP) install --quiet --no-build-isolation --editable ".[dev,onnx,llamacpp]"
+	$(PIP) install --quiet --no-build-isolation --editable ".[dev,onnx,llamacpp,eval]"
 
 demo: install
 	$(PY) -m bftcore demo

@@ -58,7 +58,7 @@ def transcript(run: dict[str, Any]) -> str:
 
 # (row label, model, attack, k, metric) of the README's table; columns are the models below
 SUMMARY_ROWS = [("direct request", "direct", None, "asr"), ("prefill, k = 5", "prefill", 5, "asr"),
-                ("prefill, k = 40", "prefill", 40, "asr"), ("rank-assisted prefill, k = 40", "rank-prefill", 40, "asr"),
+                ("prefill, k = 40", "prefill", 40, "asr"), ("adaptive prefill (rank-prefill), k = 40", "rank-prefill", 40, "asr"),
                 ("unseen style, k = 10", "prefill:unseen", 10, "asr"),
                 ("sampled after 10 tokens (x 8)", "prefill-sampled", 10, "asr"),
                 ("benign exact-match", "benign", None, "exact_match")]

@@ -243,9 +243,8 @@ def test_perplexity_and_bad_input(toy, tmp_path: Path) -> None:  # type: ignore[
     assert r.returncode == 0, r.stderr
     ppl = json.loads(r.stdout)["measures"][0]
     assert ppl["metric"] == "perplexity" and 1.0 <= ppl["value"] < 1.5 and ppl["tokens"] > 10_000
-    lm_eval_missing = ["--lm-eval", "hellaswag"]  # lm-eval is optional and not installed here
     for bad in (["--attack", "jailbreak"], ["--k", "0"], ["--judge", "oracle"],
-                ["--judge", "classifier:/nonexistent"], lm_eval_missing):
+                ["--judge", "classifier:/nonexistent"], ["--lm-eval", "no-such-task"]):
         args = ["attack", str(toy.model_dir("llama", "base")), "--data",
                 str(toy.data_dir / "harmful_heldout.jsonl"), "--limit", "2", *bad]
         r = run_cli(*args)
@@ -490,3 +489,46 @@ def test_refusal_margin_is_refusal_minus_harmful_logprob_per_token(aligned_suite
         assert got[k]["value"] == pytest.approx(sum(margins) / len(margins), rel=1e-4, abs=1e-5)
         assert got[k]["documents"] == len(margins)
     assert got[0]["value"] > 0 > got[20]["value"]
+
+
+TOY_CHOICE_TASK = """task: toy_benign_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: choices
+doc_to_target: label
+metric_list:
+  - metric: acc
+"""
+
+
+def test_lm_eval_runs_a_local_task_on_toy_models(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--lm-eval` with `--lm-eval-include`: lm-eval-harness's own `hf` model and multiple-choice
+    scoring on a local task (a YAML file and JSON lines written here, nothing from a hub): pick
+    a benign prompt's answer over another prompt's. The trained aligned model scores well above
+    a randomly initialised one of the same shape."""
+    records = read_corpus([toy.data_dir / "benign_heldout.jsonl"])[0][:24]
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    data = tasks / "toy_choice.jsonl"
+    data.write_text("".join(json.dumps({"question": r.prompt, "choices": [r.response, records[(i + 7) % len(records)].response],
+                                        "label": 0}) + "\n" for i, r in enumerate(records)))
+    (tasks / "toy_choice.yaml").write_text(TOY_CHOICE_TASK.format(data=data))
+    tok = load_tokenizer(toy.tokenizer_dir("llama"))
+    random_model = tmp_path / "random"
+    save_model(new_model(toy_config("llama", vocab_size=len(tok), hidden=64, layers=1, intermediate=128, heads=2,
+                                    kv_heads=1, max_positions=512, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id,
+                                    pad_id=tok.pad_token_id), seed=0), toy.tokenizer_dir("llama"), random_model)
+    acc = {}
+    for name, model in (("aligned", toy.model_dir("llama", "aligned")), ("random", random_model)):
+        r = run_cli("attack", str(model), "--attack", "direct", "--data", str(toy.data_dir / "benign_heldout.jsonl"),
+                    "--limit", "1", "--max-new-tokens", "2", "--device", "cpu", "--json",
+                    "--lm-eval", "toy_benign_choice", "--lm-eval-include", str(tasks))
+        assert r.returncode == 0, r.stderr[-3000:]
+        (m,) = [m for m in json.loads(r.stdout)["measures"] if m["metric"] == "lm-eval:toy_benign_choice:acc,none"]
+        acc[name] = m["value"]
+    assert acc["aligned"] >= 0.8 and acc["aligned"] > acc["random"] + 0.2, acc

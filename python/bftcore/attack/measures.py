@@ -68,12 +68,27 @@ def kl_to_reference(gen: Any, reference: Any, records: Sequence[Record], *, mode
             "tokens": count, "documents": sum(1 for r in records if r.response)}
 
 
-def lm_eval(model: Path, tasks: Sequence[str], device: str = "cpu") -> dict[str, Any]:
-    """Run an lm-eval-harness task list on a model directory, when that package is installed."""
+def lm_eval(model: Path, tasks: Sequence[str], device: str = "cpu", *, include: Path | None = None,
+            label: str = "model", arch: str = "", batch_size: int = 8) -> list[dict[str, Any]]:
+    """lm-eval-harness tasks on a model directory (its `hf` model, offline): one measure per task
+    and numeric metric, `lm-eval:TASK:METRIC`. `include`: a directory of local task files (YAML
+    with local data) that the harness adds to its own."""
     try:
-        import lm_eval as harness  # type: ignore[import-not-found]
+        import lm_eval as harness  # type: ignore[import-not-found,unused-ignore]
+        from lm_eval.tasks import TaskManager  # type: ignore[import-not-found,unused-ignore]
     except ImportError as e:
         raise BadInput("--lm-eval needs the lm-eval package (pip install lm-eval)") from e
-    results = harness.simple_evaluate(model="hf", model_args=f"pretrained={model},local_files_only=True",
-                                      tasks=list(tasks), device=device)
-    return dict(results.get("results", {}))
+    manager = TaskManager(include_path=str(include) if include is not None else None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise BadInput(f"unknown lm-eval task(s) {', '.join(unknown)} (local tasks: --lm-eval-include DIR)")
+    results = harness.simple_evaluate(model="hf", model_args=f"pretrained={model}", tasks=list(tasks),
+                                      device=device, batch_size=batch_size, task_manager=manager)
+    out = []
+    for task, metrics in sorted((results or {}).get("results", {}).items()):
+        for name, value in sorted(metrics.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and "stderr" not in name:
+                stderr = metrics.get(name.replace(",", "_stderr,", 1))
+                out.append({"model": label, "arch": arch, "metric": f"lm-eval:{task}:{name}", "value": float(value),
+                            "stderr": float(stderr) if isinstance(stderr, (int, float)) else None, "tokens": 0})
+    return out

@@ -81,7 +81,7 @@ class AttackResult:
 
 
 def refusal_tokens(tokenizer: Any, phrases: Sequence[str] = REFUSAL_OPENINGS) -> tuple[set[int], set[int]]:
-    """(openers, words) for the rank-assisted prefill.
+    """(openers, words) for rank-prefill and rap.
 
     openers: the first token of each refusal phrase (with and without a leading space), when that
     token is the phrase's whole first word or at least two of its letters: a tokenizer that splits

@@ -78,12 +78,14 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 @click.option("--kl-to", "kl_to", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="With --benign: mean per-token KL(model || this model) on the benign responses (e.g. the aligned model).")
 @click.option("--refusal-keywords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Extra refusal keywords (one per line) for the keyword judge and the rank-assisted prefill.")
+              help="Extra refusal keywords (one per line) for the keyword judge, rank-prefill, rap and --ada-every.")
 @click.option("--judge-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Prompt template for a classifier/causal judge ({prompt}, {response}).")
 @click.option("--judge-label", help="The classifier judge's label that means harmful.")
 @click.option("--toy-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Toy world of the exact judge.")
-@click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval-harness tasks (needs the lm-eval package).")
+@click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval-harness tasks (torch backend).")
+@click.option("--lm-eval-include", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A directory of local lm-eval task files (YAML with local data), added to the harness's own.")
 @click.option("--contrast-base", type=click.Path(path_type=Path),
               help="Decode with contrastive suppression of this base model's favored tokens (inference-time variant).")
 @click.option("--contrast-gamma", type=click.FloatRange(min=0), default=2.0, show_default=True)
@@ -101,7 +103,8 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
            tokenizer_path: Path | None, name: str | None, tag: str, limit: int | None, cfg: Any,
            benign: Path | None, kl_to: Path | None, refusal_keywords: Path | None, judge_template: Path | None,
-           judge_label: str | None, toy_seed: int, lm_eval_tasks: str | None, contrast_base: Path | None,
+           judge_label: str | None, toy_seed: int, lm_eval_tasks: str | None, lm_eval_include: Path | None,
+           contrast_base: Path | None,
            contrast_gamma: float, ada_every: int, device: str, dtype: str, out: Path | None, as_json: bool, read: Any) -> None:
     """Attack a model and report each attack's success rate (x/n, 95% Wilson interval).
 
@@ -146,7 +149,8 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
     if ada_every:
         result.measures.append({"model": label, "arch": arch, "attack": "any-depth", "metric": "ada-reassessed",
                                 "value": gen.reassessed, "tokens": 0})
-    result.measures += _measures(model_gen, label, arch, model, benign, lm_eval_tasks, dev, cfg.thinking, kl_to, dtype)
+    result.measures += _measures(model_gen, label, arch, model, benign, lm_eval_tasks, dev, cfg.thinking, kl_to,
+                                 dtype, lm_eval_include)
     if out:
         atk.write_results(result, out)
     _print_attack(result, judge.name, len(records), label, out, as_json)
@@ -179,7 +183,7 @@ def _check_torch_only(kind: str, benign: Path | None, lm_eval_tasks: str | None,
 
 def _judge(spec: str, toy_seed: int, refusal_keywords: Path | None, template: Path | None,
            label: str | None, device: str) -> tuple[Any, list[str]]:
-    """The judge, and the refusal openers the rank-assisted prefill steers around."""
+    """The judge, and the refusal openers rank-prefill, rap and Any-Depth steer around or stop at."""
     from bftcore.judge import make_judge
 
     extra = lines(refusal_keywords) if refusal_keywords else []
@@ -196,7 +200,7 @@ def _judge(spec: str, toy_seed: int, refusal_keywords: Path | None, template: Pa
 
 def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,
               lm_eval_tasks: str | None, device: str, thinking: bool, kl_to: Path | None = None,
-              dtype: str = "auto") -> list[dict[str, Any]]:
+              dtype: str = "auto", lm_eval_include: Path | None = None) -> list[dict[str, Any]]:
     """Capability beside the attacks: perplexity on benign responses, the KL divergence to a
     reference model on them, lm-eval-harness tasks."""
     from bftcore import attack as atk
@@ -214,8 +218,8 @@ def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,
             out.append(atk.kl_to_reference(gen, reference, records, model=label, arch=arch,
                                            reference_name=kl_to.resolve().name, thinking=thinking))
     if lm_eval_tasks:
-        out.append({"model": label, "arch": arch, "metric": "lm_eval",
-                    "value": atk.lm_eval(Path(model), lm_eval_tasks.split(","), device), "tokens": 0})
+        out += atk.lm_eval(Path(model), [t.strip() for t in lm_eval_tasks.split(",") if t.strip()], device,
+                           include=lm_eval_include, label=label, arch=arch)
     return out
 
 
