@@ -85,6 +85,8 @@ def run_dir(toy, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ign
                       model="aligned", arch=ARCH)
     result = suite.run("direct", harmful)
     result.extend(suite.run("prefill", harmful))
+    result.extend(suite.run("rap-oracle", harmful[:4]))
+    result.extend(suite.run("refusal-margin", harmful))
     result.measures.append(atk.perplexity(gen, benign, model="aligned", arch=ARCH))
     atk.write_results(result, run / "attacks")
     # two short training runs (their model directories carry train_log.jsonl and the run card)
@@ -112,14 +114,14 @@ def page(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 def test_report_gathers_every_section_into_one_self_contained_page(run_dir: Path, page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out, summary = page
-    assert summary == {"out": str(out), "indexes": 1, "attack_tables": 1, "attack_rows": 3, "training_runs": 2,
-                       "parity_tables": 1, "plots": 3, "tables": 5, "bytes": out.stat().st_size}
+    assert summary == {"out": str(out), "indexes": 1, "attack_tables": 1, "attack_rows": 5, "training_runs": 2,
+                       "parity_tables": 1, "plots": 4, "tables": 5, "bytes": out.stat().st_size}
     text = out.read_text(encoding="utf-8")
     # self-contained: no external reference of any kind, no script, every image an inline PNG
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)""", text, re.I)
     assert "<script" not in text and "<link" not in text and "url(" not in text and "@import" not in text
     sources = re.findall(r'<img src="([^"]*)"', text)
-    assert len(sources) == 3
+    assert len(sources) == 4 and 'alt="continuous views, attacks/results.parquet"' in text
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -130,7 +132,7 @@ def test_report_gathers_every_section_into_one_self_contained_page(run_dir: Path
     assert "gguf-f16" in text and "training/qi-augment" in text and "heldout.bfti" in text
     # the page is a function of the run directory: the API gives the CLI's bytes
     again = build_report(run_dir, tmp_path / "again.html", title="toy <run> & co")
-    assert again.bytes == summary["bytes"] and again.plots == 3
+    assert again.bytes == summary["bytes"] and again.plots == 4
     assert (tmp_path / "again.html").read_bytes() == out.read_bytes()
     assert not list(tmp_path.glob(".*"))  # the atomic write leaves no temporary file
 
@@ -147,9 +149,9 @@ def test_page_renders_in_headless_chromium(page, tmp_path: Path) -> None:  # typ
     check = json.loads(html.unescape(found.group(1)))
     assert check["headings"] == SECTIONS
     images = check["images"]
-    assert len(images) == summary["plots"] == 3
+    assert len(images) == summary["plots"] == 4
     assert all(i["decoded"] and i["width"] > 300 and i["height"] > 200 for i in images), images
-    assert sorted(i["section"] for i in images) == ["attacks", "indexes", "training"]
+    assert sorted(i["section"] for i in images) == ["attacks", "attacks", "indexes", "training"]
     tables = check["tables"]
     assert len(tables) == summary["tables"]
     assert all(t["rows"] > 0 and t["columns"] >= 5 for t in tables), tables

@@ -271,7 +271,7 @@ def read_attack_rows(path: Path) -> list[RateRow]:
 
 
 def _attack_section(paths: list[Path], page: _Page, plots: _Plots) -> str:
-    from bftcore.attack import plot_asr_vs_k
+    from bftcore.attack import CONTINUOUS, plot_asr_vs_k
 
     if not paths:
         return ""
@@ -292,15 +292,28 @@ def _attack_section(paths: list[Path], page: _Page, plots: _Plots) -> str:
         else:
             parts.append('<p class="note">No rows.</p>')
         measures = _read_measures(path.with_name("measures.json"))
+        if any(m.get("metric") in CONTINUOUS for m in measures):
+            parts.append(plots.img(partial(_save_continuous, measures),
+                                   f"continuous views, {page.rel(path)}",
+                                   "The refusal margin against k, and the oracle's rank of the harmful continuation "
+                                   "per position bucket: measures that move where every rate is 0 or 1."))
         if measures:
             parts.append(page.table(
-                ("model", "arch", "metric", "value", "tokens"),
-                [(m.get("model", ""), m.get("arch", ""), m.get("metric", ""), _measure_value(m.get("value")),
-                  m.get("tokens", "")) for m in measures], numeric=(3, 4),
-                caption="benign measures (measures.json)"))
+                ("model", "arch", "attack", "k", "metric", "value", "tokens"),
+                [(m.get("model", ""), m.get("arch", ""), str(m.get("attack", "")) + (f" ({m['bucket']})" if "bucket" in m else ""),
+                  m.get("k", ""), m.get("metric", ""), _measure_value(m.get("value")), m.get("tokens", ""))
+                 for m in measures], numeric=(3, 5, 6),
+                caption="measures (measures.json)"))
         parts.append("</article>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _save_continuous(measures: list[dict[str, Any]], out: Path) -> None:
+    from bftcore.attack import continuous_figure
+    from bftcore.plots import save_figure
+
+    save_figure(continuous_figure(measures), out)
 
 
 def _read_measures(path: Path) -> list[dict[str, Any]]:

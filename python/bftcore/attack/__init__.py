@@ -34,10 +34,17 @@ the attacker's and is never judged as the model's output.
 """
 
 from bftcore.attack.measures import kl_to_reference, lm_eval, perplexity
-from bftcore.attack.output import asr_figure, markdown_table, plot_asr_vs_k, write_results
+from bftcore.attack.output import (
+           CONTINUOUS,
+           asr_figure,
+           continuous_figure,
+           markdown_table,
+           plot_asr_vs_k,
+           write_results,
+)
 from bftcore.attack.suite import ATTACKS, STEP_MARKER, AttackConfig, AttackResult, Sample, Suite, refusal_tokens
 from bftcore.judge import REFUSAL_OPENINGS
 
-__all__ = ["ATTACKS", "REFUSAL_OPENINGS", "STEP_MARKER", "AttackConfig", "AttackResult", "Sample", "Suite",
-           "asr_figure", "kl_to_reference", "lm_eval", "markdown_table", "perplexity", "plot_asr_vs_k",
+__all__ = ["ATTACKS", "CONTINUOUS", "REFUSAL_OPENINGS", "STEP_MARKER", "AttackConfig", "AttackResult", "Sample", "Suite",
+           "asr_figure", "continuous_figure", "kl_to_reference", "lm_eval", "markdown_table", "perplexity", "plot_asr_vs_k",
            "refusal_tokens", "write_results"]

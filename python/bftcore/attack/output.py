@@ -72,6 +72,52 @@ def asr_figure(rows: Sequence[RateRow]) -> Any:
     return fig
 
 
+CONTINUOUS = ("refusal-margin", "reference-rank")  # the measures continuous_figure draws
+
+
+def continuous_figure(measures: Sequence[dict[str, Any]]) -> Any:
+    """The continuous views beside the rates, a panel each, a line per model (per k for ranks),
+    each model in one colour: the refusal margin against k, and the oracle's mean rank of the
+    reference token per response-position bucket (log scale)."""
+    from bftcore.plots import pyplot
+
+    plt = pyplot()
+    margin = [m for m in measures if m.get("metric") == "refusal-margin"]
+    ranks = [m for m in measures if m.get("metric") == "reference-rank"]
+    models = sorted({f"{m.get('model', '')} {m.get('arch', '')}".strip() for m in [*margin, *ranks]})
+    colours = {m: plt.get_cmap("tab10" if len(models) <= 10 else "tab20")(i % 20) for i, m in enumerate(models)}
+    panels = [p for p in (("margin", margin), ("ranks", ranks)) if p[1]]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.4 * max(1, len(panels)), 3.4),
+                             squeeze=False, constrained_layout=True)
+    for ax, (kind, rows) in zip(axes.flat, panels):
+        series: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+        for m in rows:
+            model = f"{m.get('model', '')} {m.get('arch', '')}".strip()
+            series.setdefault((model, m.get("k") if kind == "ranks" else None), []).append(m)
+        for (model, k), ms in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            if kind == "margin":
+                ms = sorted(ms, key=lambda m: m["k"])
+                ax.plot([m["k"] for m in ms], [m["value"] for m in ms], marker="o", ms=3, color=colours[model],
+                        label=model)
+            else:
+                ax.plot([m["bucket"] for m in ms], [m["value"] for m in ms], marker="o", ms=3, color=colours[model],
+                        alpha=0.5 + 0.5 / (1 + len({kk for mm, kk in series if mm == model})), label=f"{model} k={k}")
+        if kind == "margin":
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xlabel("prefilled tokens k", fontsize=8)
+            ax.set_ylabel("log p(refusal) − log p(harmful), per token", fontsize=8)
+            ax.set_title("refusal margin (positive: refuses)", fontsize=9)
+        else:
+            ax.set_yscale("log")
+            ax.set_xlabel("response position bucket", fontsize=8)
+            ax.set_ylabel("mean rank of the reference token", fontsize=8)
+            ax.set_title("oracle: rank of the harmful continuation", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, frameon=False)
+    return fig
+
+
 def write_results(result: AttackResult, out: Path) -> None:
     """results.parquet (rows), samples.parquet (every generation, judged), results.md, asr_vs_k.png."""
     import pyarrow as pa
