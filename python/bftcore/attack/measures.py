@@ -3,7 +3,7 @@ lm-eval-harness tasks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +14,30 @@ from bftcore.corpus import Record
 from bftcore.errors import BadInput
 
 
+def _teacher_forced(gen: Any, records: Sequence[Record], thinking: bool) -> Iterator[tuple[Any, slice, list[int]]]:
+    """For each record with a response: (prompt + response ids as a [1, L] tensor, the slice of
+    the positions that predict the response's tokens, those tokens ending with eos)."""
+    import torch
+
+    from bftcore.chat import prompt_ids
+
+    for r in records:
+        if r.response:
+            p = prompt_ids(gen.tokenizer, r.messages(), thinking=thinking)
+            t = response_ids(gen.tokenizer, r.response, eos=True)
+            yield torch.tensor([p + t], device=gen.device), slice(len(p) - 1, len(p) - 1 + len(t)), t
+
+
 def perplexity(gen: Any, records: Sequence[Record], *, model: str = "model", arch: str = "",
                thinking: bool = False) -> dict[str, Any]:
     """Perplexity of the records' responses given their prompts (teacher-forced, torch backend)."""
     import torch
 
-    from bftcore.chat import prompt_ids
 
     nll, count = 0.0, 0
     with torch.no_grad():
-        for r in records:
-            if not r.response:
-                continue
-            p = prompt_ids(gen.tokenizer, r.messages(), thinking=thinking)
-            t = response_ids(gen.tokenizer, r.response, eos=True)
-            ids = torch.tensor([p + t], device=gen.device)
-            logits = gen.model(input_ids=ids).logits[0, len(p) - 1: len(p) - 1 + len(t)].float()
+        for ids, span, t in _teacher_forced(gen, records, thinking):
+            logits = gen.model(input_ids=ids).logits[0, span].float()
             lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t, device=gen.device)[:, None])
             nll -= float(lp.sum())
             count += len(t)
@@ -46,17 +54,10 @@ def kl_to_reference(gen: Any, reference: Any, records: Sequence[Record], *, mode
     moved the model on benign text. The two must share a tokenizer."""
     import torch
 
-    from bftcore.chat import prompt_ids
 
     total, count = 0.0, 0
     with torch.no_grad():
-        for r in records:
-            if not r.response:
-                continue
-            p = prompt_ids(gen.tokenizer, r.messages(), thinking=thinking)
-            t = response_ids(gen.tokenizer, r.response, eos=True)
-            ids = torch.tensor([p + t], device=gen.device)
-            span = slice(len(p) - 1, len(p) - 1 + len(t))
+        for ids, span, t in _teacher_forced(gen, records, thinking):
             lp = torch.log_softmax(gen.model(input_ids=ids).logits[0, span].float(), -1)
             lq = torch.log_softmax(reference(input_ids=ids.to(next(reference.parameters()).device))
                                    .logits[0, span].float().to(lp.device), -1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,33 +145,25 @@ class Suite:
     # ---- attacks ------------------------------------------------------------------------
     def run(self, attack: str, records: Sequence[Record], *, tag: str = "") -> AttackResult:
         name = f"{attack}:{tag}" if tag else attack
-        if attack == "direct":
-            return self.direct(records, name)
-        if attack == "prefill":
-            return self.prefill(records, name)
-        if attack == "prefill-sampled":
-            return self.prefill(records, name, sampled=True)
-        if attack == "rank-prefill":
-            return self.rank_prefill(records, name)
-        if attack == "rap":
-            return self.rap(records, name)
-        if attack == "rap-oracle":
-            return self.rap(records, name, oracle=True)
-        if attack == "deep-prefill":
-            return self.deep_prefill(records, name)
-        if attack == "restart":
-            return self.restart(records, name)
-        if attack == "many-shot":
-            return self.many_shot(records, name)
-        if attack == "over-refusal":
-            return self.over_refusal(records, name)
-        if attack == "refusal-margin":
-            return self.refusal_margin(records, name)
-        if attack == "completion":
-            return self.completion(records, name)
-        if attack == "decoding-exploit":
-            return self.decoding_exploit(records, name)
-        raise BadInput(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
+        runs: dict[str, Callable[[], AttackResult]] = {
+            "direct": lambda: self.direct(records, name),
+            "prefill": lambda: self.prefill(records, name),
+            "prefill-sampled": lambda: self.prefill(records, name, sampled=True),
+            "rank-prefill": lambda: self.rank_prefill(records, name),
+            "rap": lambda: self.rap(records, name),
+            "rap-oracle": lambda: self.rap(records, name, oracle=True),
+            "deep-prefill": lambda: self.deep_prefill(records, name),
+            "restart": lambda: self.restart(records, name),
+            "many-shot": lambda: self.many_shot(records, name),
+            "refusal-margin": lambda: self.refusal_margin(records, name),
+            "over-refusal": lambda: self.over_refusal(records, name),
+            "completion": lambda: self.completion(records, name),
+            "decoding-exploit": lambda: self.decoding_exploit(records, name),
+        }
+        assert tuple(runs) == ATTACKS  # one entry per attack, in the documented order
+        if attack not in runs:
+            raise BadInput(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
+        return runs[attack]()
 
     def direct(self, records: Sequence[Record], name: str = "direct") -> AttackResult:
         inputs = [self._prompt(r) for r in records]
