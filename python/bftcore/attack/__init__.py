@@ -33,7 +33,7 @@ Each attack gives one rate row per k (the row format of `bftcore.stats`), x succ
 the attacker's and is never judged as the model's output.
 """
 
-from bftcore.attack.measures import kl_to_reference, lm_eval, perplexity
+from bftcore.attack.measures import kl_to_reference, lm_eval, lm_eval_tasks, perplexity
 from bftcore.attack.output import (
            CONTINUOUS,
            asr_figure,
@@ -46,5 +46,5 @@ from bftcore.attack.suite import ATTACKS, STEP_MARKER, AttackConfig, AttackResul
 from bftcore.judge import REFUSAL_OPENINGS
 
 __all__ = ["ATTACKS", "CONTINUOUS", "REFUSAL_OPENINGS", "STEP_MARKER", "AttackConfig", "AttackResult", "Sample", "Suite",
-           "asr_figure", "continuous_figure", "kl_to_reference", "lm_eval", "markdown_table", "perplexity", "plot_asr_vs_k",
+           "asr_figure", "continuous_figure", "kl_to_reference", "lm_eval", "lm_eval_tasks", "markdown_table", "perplexity", "plot_asr_vs_k",
            "refusal_tokens", "write_results"]

@@ -69,20 +69,28 @@ def kl_to_reference(gen: Any, reference: Any, records: Sequence[Record], *, mode
             "tokens": count, "documents": sum(1 for r in records if r.response)}
 
 
-def lm_eval(model: Path, tasks: Sequence[str], device: str = "cpu", *, include: Path | None = None,
-            label: str = "model", arch: str = "", batch_size: int = 8) -> list[dict[str, Any]]:
-    """lm-eval-harness tasks on a model directory (its `hf` model, offline): one measure per task
-    and numeric metric, `lm-eval:TASK:METRIC`. `include`: a directory of local task files (YAML
-    with local data) that the harness adds to its own."""
+def lm_eval_tasks(tasks: Sequence[str], include: Path | None = None) -> Any:
+    """The harness's task manager, once every name in `tasks` is a task it knows (its own, or a
+    local one under `include`): checked before any model loads, so a typo costs no attack run."""
     try:
-        import lm_eval as harness  # type: ignore[import-not-found,unused-ignore]
-        from lm_eval.tasks import TaskManager  # type: ignore[import-not-found,unused-ignore]
+        from lm_eval.tasks import TaskManager  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError as e:
         raise BadInput("--lm-eval needs the lm-eval package (pip install lm-eval)") from e
     manager = TaskManager(include_path=str(include) if include is not None else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise BadInput(f"unknown lm-eval task(s) {', '.join(unknown)} (local tasks: --lm-eval-include DIR)")
+    return manager
+
+
+def lm_eval(model: Path, tasks: Sequence[str], device: str = "cpu", *, include: Path | None = None,
+            label: str = "model", arch: str = "", batch_size: int = 8) -> list[dict[str, Any]]:
+    """lm-eval-harness tasks on a model directory (its `hf` model, offline): one measure per task
+    and numeric metric, `lm-eval:TASK:METRIC`. `include`: a directory of local task files (YAML
+    with local data) that the harness adds to its own."""
+    import lm_eval as harness  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+    manager = lm_eval_tasks(tasks, include)
     results = harness.simple_evaluate(model="hf", model_args=f"pretrained={model}", tasks=list(tasks),
                                       device=device, batch_size=batch_size, task_manager=manager)
     out = []

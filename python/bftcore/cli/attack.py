@@ -126,7 +126,7 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
 
     names = _attack_names(attacks)
     kind = detect_backend(model) if backend == "auto" else backend
-    _check_torch_only(kind, benign, lm_eval_tasks, contrast_base, dtype)
+    _check_torch_only(kind, benign, lm_eval_tasks, contrast_base, dtype, lm_eval_include)
     if kl_to is not None and not benign:
         raise BadInput("--kl-to measures on the --benign responses: give --benign too")
     dev = str(resolve_device(device))
@@ -166,19 +166,22 @@ def _attack_names(attacks: str) -> list[str]:
     return names
 
 
+def _task_names(spec: str) -> list[str]:
+    return [t.strip() for t in spec.split(",") if t.strip()]
+
+
 def _check_torch_only(kind: str, benign: Path | None, lm_eval_tasks: str | None,
-                      contrast_base: Path | None, dtype: str) -> None:
+                      contrast_base: Path | None, dtype: str, lm_eval_include: Path | None) -> None:
     """What only the PyTorch backend measures or sets, refused before anything loads."""
     from bftcore.backends import check_dtype
 
     check_dtype(kind, dtype)
-    if lm_eval_tasks:
-        import importlib.util
-
-        if importlib.util.find_spec("lm_eval") is None:
-            raise BadInput("--lm-eval needs the lm-eval package (pip install lm-eval)")
     if kind != "torch" and (contrast_base is not None or benign or lm_eval_tasks):
         raise BadInput(f"--contrast-base, --benign and --lm-eval need the torch backend, not {kind}")
+    if lm_eval_tasks:
+        from bftcore.attack import lm_eval_tasks as known_tasks
+
+        known_tasks(_task_names(lm_eval_tasks), lm_eval_include)
 
 
 def _judge(spec: str, toy_seed: int, refusal_keywords: Path | None, template: Path | None,
@@ -218,7 +221,7 @@ def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,
             out.append(atk.kl_to_reference(gen, reference, records, model=label, arch=arch,
                                            reference_name=kl_to.resolve().name, thinking=thinking))
     if lm_eval_tasks:
-        out += atk.lm_eval(Path(model), [t.strip() for t in lm_eval_tasks.split(",") if t.strip()], device,
+        out += atk.lm_eval(Path(model), _task_names(lm_eval_tasks), device,
                            include=lm_eval_include, label=label, arch=arch)
     return out
 
