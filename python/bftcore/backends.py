@@ -455,11 +455,11 @@ def open_generator(target: str | Path, backend: str = "auto", *, device: str = "
         return ServerGenerator(str(target), _tokenizer_of(tokenizer))
     from bftcore.generate import TorchGenerator
     from bftcore.models import load_model, load_tokenizer
-    from bftcore.precision import resolve_dtype, torch_dtype
+    from bftcore.precision import torch_dtype
 
     if str(target).startswith(("http://", "https://")):
         raise BadInput(f"{target}: a URL needs --backend server")
-    model = load_model(target, device=device, dtype=torch_dtype(resolve_dtype(dtype, device)))
+    model = load_model(target, device=device, dtype=torch_dtype(dtype, device))
     return TorchGenerator(model, load_tokenizer(target))
 
 
@@ -479,10 +479,10 @@ def open_target(target: str | Path, backend: str = "auto", *, device: str = "cpu
         return gen, str(gen.arch)
     from bftcore.generate import Contrast, TorchGenerator
     from bftcore.models import check_same_tokenizer, load_model, load_tokenizer, resolve_model
-    from bftcore.precision import resolve_dtype, torch_dtype
+    from bftcore.precision import torch_dtype
 
     path = resolve_model(target)
-    weights = torch_dtype(resolve_dtype(dtype, device))
+    weights = torch_dtype(dtype, device)
     model, tok = load_model(path, device=device, dtype=weights), load_tokenizer(path)
     contrast = None
     if contrast_base is not None:

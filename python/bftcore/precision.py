@@ -35,10 +35,12 @@ def resolve_dtype(name: str, device: torch.device | str) -> str:
     return "float32"
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a resolved name (not "auto")."""
+def torch_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
+    """The torch dtype of `name`; "auto" (or any name) resolved on `device` first when given."""
     import torch
 
+    if device is not None:
+        name = resolve_dtype(name, device)
     types = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     if name not in types:
         raise BadInput(f"dtype {name!r} is not a floating-point type to load a model in")

@@ -209,7 +209,7 @@ def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,
     from bftcore import attack as atk
     from bftcore.corpus import read_corpus
     from bftcore.models import check_same_tokenizer, load_model, load_tokenizer
-    from bftcore.precision import resolve_dtype, torch_dtype
+    from bftcore.precision import torch_dtype
 
     out = []
     if benign:
@@ -217,7 +217,7 @@ def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,
         out.append(atk.perplexity(gen, records, model=label, arch=arch, thinking=thinking))
         if kl_to is not None:
             check_same_tokenizer(gen.tokenizer, load_tokenizer(kl_to))
-            reference = load_model(kl_to, device=device, dtype=torch_dtype(resolve_dtype(dtype, device)))
+            reference = load_model(kl_to, device=device, dtype=torch_dtype(dtype, device))
             out.append(atk.kl_to_reference(gen, reference, records, model=label, arch=arch,
                                            reference_name=kl_to.resolve().name, thinking=thinking))
     if lm_eval_tasks:

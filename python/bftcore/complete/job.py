@@ -127,7 +127,7 @@ def harden(inputs: HardenInputs, cfg: CompleteConfig, *, progress: Progress | No
     from bftcore.generate import TorchGenerator
     from bftcore.judge import KeywordJudge
     from bftcore.models import load_model, load_tokenizer, resolve_device, resolve_model, tokenizer_hash
-    from bftcore.precision import resolve_dtype, torch_dtype
+    from bftcore.precision import torch_dtype
 
     rank, world = dist.rank_world()
     check_run(cfg, world=world, index=inputs.index is not None, base=inputs.base is not None,
@@ -146,7 +146,7 @@ def harden(inputs: HardenInputs, cfg: CompleteConfig, *, progress: Progress | No
     judge = KeywordJudge(extra=[*templates, *(_lines(inputs.refusal_keywords) if inputs.refusal_keywords else [])])
 
     def build() -> CompletionData:
-        weights = torch_dtype(resolve_dtype(cfg.dtype, device))
+        weights = torch_dtype(cfg.dtype, device)
         gen = TorchGenerator(load_model(aligned, device=device, dtype=weights), load_tokenizer(aligned))
         return build_data(harmful, benign, gen, refuses=judge.refuses, templates=templates,
                           max_length=inputs.max_length, progress=progress, thinking=cfg.thinking,

@@ -37,7 +37,7 @@ class Trainer:
     def __init__(self, model: Any, reference: Any, base: Any, cfg: CompleteConfig,
                  profile: RetentionProfile, pad_id: int, *, ddp: Any = None,
                  base_stats: ShardBaseStats | None = None) -> None:
-        from bftcore.precision import resolve_dtype, torch_dtype
+        from bftcore.precision import torch_dtype
         from bftcore.train import make_optimizer
 
         self.model, self.reference, self.base = model, reference, base
@@ -45,7 +45,7 @@ class Trainer:
         self.ddp = ddp  # the DDP-wrapped trainee under torchrun (its forward syncs gradients)
         self.base_stats = base_stats  # the base top-k from scored shards, instead of `base`
         self.device = next(model.parameters()).device
-        self.compute = torch_dtype(resolve_dtype(cfg.dtype, self.device))  # the forward's type (autocast)
+        self.compute = torch_dtype(cfg.dtype, self.device)  # the forward's type (autocast)
         self.opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
 
     def reference_logp(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
