@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from bftcore import complete as cp
+from bftcore.backends import open_target
 from bftcore.corpus import read_corpus
 from bftcore.errors import BadInput
 from bftcore.generate import Contrast, Decoding, TorchGenerator, contrast_logprobs
@@ -298,6 +299,10 @@ def test_contrastive_decoding_is_the_aligned_distribution_minus_the_base_excess(
     excess = (lpb[first] - lpa[first]).clamp_min(0).max(-1).values
     assert bool((excess > 1.0).all())  # the base favours some token there far more than aligned does
     assert not torch.allclose(torch.from_numpy(contrasted[first]).double(), lpa[first], atol=1e-3)
+    # what `bftcore attack --contrast-base --contrast-gamma` opens is that generator
+    opened, arch = open_target(toy.model_dir(ARCH, "aligned"), contrast_base=toy.model_dir(ARCH, "base"),
+                               contrast_gamma=4.0)
+    assert arch == ARCH and torch.allclose(torch.from_numpy(opened.next_logprobs(inputs)).double(), want, atol=1e-4)
 
 
 def _complete_args(toy, small, out: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]

@@ -477,19 +477,16 @@ def open_target(target: str | Path, backend: str = "auto", *, device: str = "cpu
             raise BadInput(f"--contrast-base needs the torch backend, not {kind}")
         gen = open_generator(target, kind, device=device, tokenizer=tokenizer, dtype=dtype)
         return gen, str(gen.arch)
-    from bftcore.generate import Contrast, TorchGenerator
+    from bftcore.generate import Contrast
     from bftcore.models import check_same_tokenizer, load_model, load_tokenizer, resolve_model
     from bftcore.precision import torch_dtype
 
-    path = resolve_model(target)
-    weights = torch_dtype(dtype, device)
-    model, tok = load_model(path, device=device, dtype=weights), load_tokenizer(path)
-    contrast = None
+    gen = open_generator(resolve_model(target), kind, device=device, dtype=dtype)
     if contrast_base is not None:
         base = resolve_model(contrast_base)
-        check_same_tokenizer(load_tokenizer(base), tok)
-        contrast = Contrast(load_model(base, device=device, dtype=weights), contrast_gamma)
-    return TorchGenerator(model, tok, contrast=contrast), str(getattr(model.config, "model_type", ""))
+        check_same_tokenizer(load_tokenizer(base), gen.tokenizer)
+        gen.contrast = Contrast(load_model(base, device=device, dtype=torch_dtype(dtype, device)), contrast_gamma)
+    return gen, str(getattr(gen.model.config, "model_type", ""))
 
 
 def _tokenizer_of(path: str | Path) -> Any:
