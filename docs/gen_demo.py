@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "docs" / "demo-run.json"
 TRANSCRIPT = (ROOT / "docs" / "demo.md", "demo-transcript")
 SUMMARY = (ROOT / "README.md", "demo-summary")
-WIDTH = 160
+WIDTH = 220
 
 if any((ROOT / "python" / "bftcore").glob("_core*")):
     sys.path.insert(0, str(ROOT / "python"))
@@ -61,8 +61,11 @@ SUMMARY_ROWS = [("direct request", "direct", None, "asr"), ("prefill, k = 5", "p
                 ("prefill, k = 40", "prefill", 40, "asr"), ("adaptive prefill (rank-prefill), k = 40", "rank-prefill", 40, "asr"),
                 ("unseen style, k = 10", "prefill:unseen", 10, "asr"),
                 ("sampled after 10 tokens (x 8)", "prefill-sampled", 10, "asr"),
+                ("RAP after 10 tokens", "rap", 10, "asr"), ("restart after 10 tokens", "restart", 10, "asr"),
+                ("prefill of all but the last 16 tokens", "prefill-all-but-16", None, "asr"),
+                ("fine-tuned on 10 harmful pairs (20 steps), direct", "ft-harmful-sft", None, "asr"),
                 ("benign exact-match", "benign", None, "exact_match")]
-SUMMARY_MODELS = ["aligned", "completed", "sft", "qi-augment", "qi-constrained", "derta", "contrastive",
+SUMMARY_MODELS = ["aligned", "completed", "sft", "qi-augment", "derta", "presto", "contrastive", "any-depth",
                   "completed gguf-q8_0"]
 
 

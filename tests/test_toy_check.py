@@ -65,6 +65,32 @@ def test_toy_check_measures_both_architectures_and_decides_by_intervals(toy) -> 
     assert report["ok"] is True  # the pipeline ran; expectations are reported, not raised
 
 
+def _check_literature(obj: dict, models: tuple[str, ...], plain: tuple[str, ...]) -> None:  # type: ignore[type-arg]
+    """Every model meets the literature's attacks on the same records (same n per row for every
+    model); the models decoded as they are also meet the fine-tuning attack and carry the
+    continuous measures (the aligned model's KL to itself is 0)."""
+    rows = {(x["model"], x["attack"], x["k"]): x for x in obj["rows"] if x["metric"] == "asr"}
+    literature = [("rap", k) for k in (5, 10, 20, 40)] + [("restart", k) for k in (5, 10, 20, 40)] + [
+        ("rap-oracle", 10), ("deep-prefill", 64), ("prefill-all-but-16", None), ("many-shot-1", None),
+        ("many-shot-2-prefill", 10), ("completion", None), ("decoding-exploit", None)]
+    finetune = [(f"ft-{o}", None) for o in ("harmful-sft", "harmful-constrained")] + [
+        (f"ft-{o}-prefill", k) for o in ("harmful-sft", "harmful-constrained") for k in (5, 10, 20, 40)]
+    for attack, k in literature + finetune:
+        measured = {m: rows[(m, attack, k)]["n"] for m in models if (m, attack, k) in rows}
+        expected = plain if attack.startswith("ft-") else models
+        assert set(measured) == set(expected), (attack, k, measured)
+        assert len(set(measured.values())) == 1 and min(measured.values()) > 0, (attack, k, measured)
+    assert rows[("aligned", "rap", 10)]["n"] == 60
+    measures = {(m["model"], m["metric"], m.get("k"), m.get("bucket")): m["value"] for m in obj["measures"]}
+    for m in plain:
+        assert {(m, "refusal-margin", k, None) for k in (5, 10, 20, 40)} <= set(measures)
+        assert measures[(m, "perplexity", None, None)] >= 1.0
+        assert (m, "kl-to-aligned", None, None) in measures
+        assert any(key[:2] == (m, "reference-rank") for key in measures)
+    assert abs(measures[("aligned", "kl-to-aligned", None, None)]) < 1e-6
+    assert ("any-depth", "ada-reassessed", None, None) in measures
+
+
 def test_the_demo_end_to_end(toy) -> None:  # type: ignore[no-untyped-def]
     """`bftcore demo --json`: the tables' rows for every model, method and deployed artifact, the
     index, and every expectation with a verdict consistent with its figures; none fails."""
@@ -77,14 +103,15 @@ def test_the_demo_end_to_end(toy) -> None:  # type: ignore[no-untyped-def]
     assert {c["status"] for c in checks.values()} <= STATUSES
     assert not [c for c in checks.values() if c["status"] == "fails"], [c for c in checks.values() if c["status"] == "fails"]
     assert obj["ok"] is (not [c for c in checks.values() if c["status"] == "fails"])
-    methods = ("completed", "sft", "qi-augment", "qi-constrained", "derta", "contrastive")
+    methods = ("completed", "sft", "qi-augment", "derta", "presto", "contrastive", "any-depth")
     for model in methods:
         for k in (5, 10, 20, 40):
             assert {(model, "prefill", k, "asr"), (model, "rank-prefill", k, "asr"),
                     (model, "prefill:unseen", k, "asr")} <= set(rows)
         assert rows[(model, "prefill-sampled", 10, "asr")]["n"] == 1440
         assert rows[(model, "benign", None, "exact_match")]["n"] == 180
-    assert set(obj["models"]) == {"completed", "sft", "qi-augment", "qi-constrained", "derta"}
+    assert set(obj["models"]) == {"completed", "sft", "qi-augment", "derta", "presto"}
+    _check_literature(obj, ("aligned", *methods), plain=("aligned", "completed", "sft", "qi-augment", "derta", "presto"))
     # the completed model's rows: each reduction verdict agrees with the rows it names
     for attack in ("prefill", "rank-prefill", "prefill:unseen"):
         for k in (5, 10, 20, 40):
@@ -117,7 +144,6 @@ def test_the_demo_end_to_end(toy) -> None:  # type: ignore[no-untyped-def]
                            ("gguf-q4_k_m", "llama.cpp"), ("gguf-q4_k_m", "transformers(gguf)"),
                            ("onnx", "onnxruntime")}
     assert all(p["texts"] == 360 for p in obj["parity"])
-    assert obj["measures"][0]["metric"] == "perplexity"
     assert obj["index"]["header"]["labels"] == ["benign", "harmful"]
     assert all(list(b)[:4] == ["label", "bucket", "lo", "hi"] for b in obj["index"]["buckets"])
 

@@ -5,10 +5,13 @@
 2. score held-out harmful and benign responses with both models and build the base-favored-token
    index (the signal-decay picture);
 3. run the attack suite on the aligned model (prefilling at k = 5..40 in the trained and the unseen
-   style, the adaptive prefill (rank-prefill), sampled decoding, the completion attack, the decoding exploit);
+   style, the adaptive prefill (rank-prefill), sampled decoding);
 4. index the training split's harmful responses, run targeted completion (`bft`) and every baseline
    on the same data, steps and batch, and attack each result with the hard rows; the contrastive
-   decoding variant runs beside them;
+   decoding variant and Any-Depth Alignment run beside them; then the aligned model and every
+   hardened one meet the literature's attacks (RAP and its oracle, deep prefill, restart,
+   many-shot, the completion attack, the decoding exploit, a fine-tuning attack) and the
+   continuous measures (refusal margin, the reference's rank, KL to the aligned model, perplexity);
 5. export the completed model to GGUF (F16, Q8_0, Q4_K_M) and ONNX, re-attack each deployed
    artifact through llama.cpp and onnxruntime with the same rows, and measure parity with PyTorch
    on the held-out texts.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,10 +55,21 @@ from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS
 DEMO_KS = (5, 10, 20, 40)
 # Completion in the demo: every method gets these steps, this batch and these records.
 DEMO_COMPLETE = cp.CompleteConfig(steps=150, batch_size=32)
-DEMO_ATTACK = atk.AttackConfig(ks=DEMO_KS, max_new_tokens=64)
-BASELINES = ("sft", "qi-augment", "qi-constrained", "derta")
+# deep prefill: 64 tokens and all but the last 16 (the toy answers are ~105 tokens); many-shot: 1, 2
+DEMO_ATTACK = atk.AttackConfig(ks=DEMO_KS, max_new_tokens=64, deep_ks=(64,), shots=(1, 2))
+# qi-constrained is no hardening baseline here (no published basis as one): the demo runs its
+# objective where Qi et al. meant it, as the fine-tuning service's defense (harmful-constrained)
+BASELINES = ("sft", "qi-augment", "derta", "presto")
 COMPLETED = "completed"  # the row name of our method's model (the toy world's "completed model")
 CONTRAST = "contrastive"  # the aligned model decoded with contrastive suppression
+ANY_DEPTH = "any-depth"  # the aligned model decoded with Any-Depth Alignment (anydepth.py)
+# The literature's attacks run on every third held-out harmful prompt (60 of 180, every family):
+# the same records for every model; RAP's oracle and many-shot's prefill at k = 10 only.
+LITERATURE_EVERY = 3
+# the fine-tuning attack: plain SFT and Qi et al.'s constrained objective on the first pairs of the
+# training split (the attacker's data), this many steps, then the direct request and the prefill
+FINETUNE_PAIRS = 10
+DEMO_FINETUNE = cp.CompleteConfig(steps=20, batch_size=8)
 ALIGNED_TORCH = "aligned pytorch"  # the aligned model through the hardening rows
 # (target, dtype, row label): the deployed forms of the completed model the demo measures
 EXPORTS = (("gguf", "f16", "gguf-f16"), ("gguf", "q8_0", "gguf-q8_0"), ("gguf", "q4_k_m", "gguf-q4_k_m"),
@@ -123,6 +138,17 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
         suite.extend(hardening(path, name))
     aligned = tw.model_dir(arch, "aligned")
     suite.extend(hardening(aligned, CONTRAST, contrast_base=tw.model_dir(arch, "base")))
+    suite.extend(hardening(aligned, ANY_DEPTH, ada=True))
+
+    def literature(model_dir: Path, name: str, **kw: Any) -> atk.AttackResult:
+        return literature_suite(tw, arch, model_dir, name, device=device, progress=progress,
+                                rebuild=rebuild, **kw)
+
+    suite.extend(literature(aligned, "aligned"))
+    for name, path in models.items():
+        suite.extend(literature(path, name))
+    suite.extend(literature(aligned, CONTRAST, contrast_base=tw.model_dir(arch, "base")))
+    suite.extend(literature(aligned, ANY_DEPTH, ada=True))
     parity: list[ex.Parity] = []
     skipped = []
     missing = missing_deploy_extras()
@@ -178,7 +204,7 @@ def missing_deploy_extras() -> list[str]:
     return missing
 
 
-_MODEL_ORDER = ("base", "aligned", COMPLETED, *BASELINES, CONTRAST, "completed gguf-f16", "completed gguf-q8_0",
+_MODEL_ORDER = ("base", "aligned", COMPLETED, *BASELINES, CONTRAST, ANY_DEPTH, "completed gguf-f16", "completed gguf-q8_0",
                 "completed gguf-q4_k_m", "completed onnx", ALIGNED_TORCH, "aligned gguf-q8_0")
 
 
@@ -187,7 +213,7 @@ def _row_order(r: RateRow) -> tuple[Any, ...]:
     return (m, r.attack != "direct", r.metric != "asr", r.attack, r.k or 0)
 
 
-def _heldout(tw: Any, name: str) -> list[Record]:
+def heldout(tw: Any, name: str) -> list[Record]:
     return read_corpus([tw.data_dir / f"{name}.jsonl"])[0]
 
 
@@ -199,8 +225,9 @@ def _suite(gen: Any, tw: Any, arch: str, model: str, progress: Progress | None) 
 
 def attack_suite(tw: Any, arch: str, *, device: str = "cpu", progress: Progress | None = None,
                  role: str = "aligned") -> atk.AttackResult:
-    """The shallow-alignment table: every attack on one toy model, judged exactly."""
-    harmful = _heldout(tw, "harmful_heldout")
+    """The shallow-alignment table: prefilling and the hard rows on one toy model, judged exactly
+    (the literature's attacks: `literature_suite`, cached)."""
+    harmful = heldout(tw, "harmful_heldout")
     gen = TorchGenerator(load_model(tw.model_dir(arch, role), device=device),
                          load_tokenizer(tw.tokenizer_dir(arch)))
     suite = _suite(gen, tw, arch, role, progress)
@@ -209,9 +236,6 @@ def attack_suite(tw: Any, arch: str, *, device: str = "cpu", progress: Progress 
     out.rows += [r for r in prefill.rows if r.k not in PREFILL_KS]  # k = 5, 10 are in the toy check
     out.samples += prefill.samples
     out.extend(_hard_rows(suite, tw, harmful))
-    out.extend(suite.run("completion", completion_records(tw.world)))
-    out.extend(suite.run("decoding-exploit", harmful))
-    out.measures.append(atk.perplexity(gen, _heldout(tw, "benign_heldout"), model=role, arch=arch))
     return out
 
 
@@ -220,7 +244,7 @@ def _hard_rows(suite: atk.Suite, tw: Any, harmful: list[Record]) -> atk.AttackRe
     and sampled decoding after a 10-token prefill (8 samples per prompt)."""
     out = atk.AttackResult()
     out.extend(suite.run("rank-prefill", harmful))
-    out.extend(suite.run("prefill", _heldout(tw, "harmful_unseen_heldout"), tag="unseen"))
+    out.extend(suite.run("prefill", heldout(tw, "harmful_unseen_heldout"), tag="unseen"))
     cfg = suite.cfg
     suite.cfg = replace(cfg, ks=(10,))
     out.extend(suite.run("prefill-sampled", harmful))
@@ -228,8 +252,11 @@ def _hard_rows(suite: atk.Suite, tw: Any, harmful: list[Record]) -> atk.AttackRe
     return out
 
 
+HARDENING_ATTACKS = ("direct", "prefill", "rank-prefill", "prefill:unseen", "prefill-sampled")  # + benign
+
+
 def hardening_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: str = "cpu",
-                    progress: Progress | None = None, contrast_base: Path | None = None,
+                    progress: Progress | None = None, contrast_base: Path | None = None, ada: bool = False,
                     artifact: Path | None = None, rebuild: bool = False) -> atk.AttackResult:
     """A repaired model's rows: direct, prefilling at every k, the hard rows, benign exact-match;
     of the model itself (PyTorch), or of an exported `artifact` (llama.cpp or onnxruntime).
@@ -237,28 +264,128 @@ def hardening_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: s
     A pure function of the weights, the data and the attack settings (greedy decoding and seeded
     sampling), so it is cached under a key of exactly those.
     """
-    inputs = {"name": name, "arch": arch, "model": model_digest(model_dir), "attack": settings(DEMO_ATTACK),
-              "contrast_base": model_digest(contrast_base) if contrast_base else None,
-              "artifact": model_digest(artifact) if artifact else None,
-              "data": {f: file_digest(tw.data_dir / f"{f}.jsonl")
-                       for f in ("harmful_heldout", "harmful_unseen_heldout", "benign_heldout")}}
-    cache = tw.root / "completed" / "measured" / f"{arch}-{name.replace(' ', '-')}-{stage_key('attack-rows', inputs)}.json"
+    def measure_rows() -> atk.AttackResult:
+        harmful = heldout(tw, "harmful_heldout")
+        gen = _generator(tw, arch, model_dir, device=device, contrast_base=contrast_base, ada=ada,
+                         artifact=artifact)
+        suite = _suite(gen, tw, arch, name, progress)
+        result = atk.AttackResult()
+        result.extend(suite.run("direct", harmful))
+        result.extend(suite.run("prefill", harmful))
+        result.extend(_hard_rows(suite, tw, harmful))
+        result.rows.append(benign_exact_match(gen, tw.world, name, arch, progress))
+        result.measures += _reassessed(gen, name, arch)
+        return result
+
+    return cached_rows(tw, arch, name, "hardening", {
+        "model": model_digest(model_dir), "contrast_base": model_digest(contrast_base) if contrast_base else None,
+        "ada": ada, "artifact": model_digest(artifact) if artifact else None}, measure_rows, rebuild)
+
+
+def literature_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: str = "cpu",
+                     progress: Progress | None = None, contrast_base: Path | None = None, ada: bool = False,
+                     rebuild: bool = False) -> atk.AttackResult:
+    """The literature's attacks on one model (PyTorch), on every `LITERATURE_EVERY`-th held-out
+    harmful prompt: RAP at every k and its oracle at k = 10 (with the reference's rank per position
+    bucket), deep prefill, restart, many-shot, the completion attack, the decoding exploit; for a
+    model decoded as it is (not contrastive, not Any-Depth): the refusal margin at every k,
+    perplexity and KL to the aligned model on the benign held-out responses, and the fine-tuning
+    attack. Cached like `hardening_suite`."""
+    plain = contrast_base is None and not ada
+
+    def measure_rows() -> atk.AttackResult:
+        harmful = heldout(tw, "harmful_heldout")[::LITERATURE_EVERY]
+        benign = heldout(tw, "benign_heldout")
+        gen = _generator(tw, arch, model_dir, device=device, contrast_base=contrast_base, ada=ada)
+        suite = _suite(gen, tw, arch, name, progress)
+        out = atk.AttackResult()
+        for attack in ("rap", "deep-prefill", "restart"):
+            out.extend(suite.run(attack, harmful))
+        cfg = suite.cfg
+        suite.cfg = replace(cfg, ks=(10,))
+        out.extend(suite.run("rap-oracle", harmful))
+        out.extend(suite.run("many-shot", harmful))
+        suite.cfg = cfg
+        out.extend(suite.run("completion", completion_records(tw.world)))
+        out.extend(suite.run("decoding-exploit", harmful))
+        out.measures += _reassessed(gen, name, arch)
+        if plain:
+            out.extend(suite.run("refusal-margin", harmful))
+            out.measures.append(atk.perplexity(gen, benign, model=name, arch=arch))
+            reference = load_model(tw.model_dir(arch, "aligned"), device=device)
+            out.measures.append(atk.kl_to_reference(gen, reference, benign, model=name, arch=arch,
+                                                    reference_name="aligned"))
+            out.extend(finetune_attack(tw, arch, model_dir, name, harmful, device=device, progress=progress,
+                                       rebuild=rebuild))
+        return out
+
+    return cached_rows(tw, arch, name, "literature", {
+        "model": model_digest(model_dir), "contrast_base": model_digest(contrast_base) if contrast_base else None,
+        "ada": ada, "every": LITERATURE_EVERY, "finetune": settings(DEMO_FINETUNE) if plain else None,
+        "pairs": FINETUNE_PAIRS, "train": file_digest(tw.data_dir / "harmful_train.jsonl")}, measure_rows, rebuild)
+
+
+def finetune_attack(tw: Any, arch: str, model_dir: Path, name: str, harmful: list[Record], *, device: str = "cpu",
+                    progress: Progress | None = None, rebuild: bool = False, finetune: cp.CompleteConfig = DEMO_FINETUNE,
+                    n_pairs: int = FINETUNE_PAIRS, ks: tuple[int, ...] | None = None) -> atk.AttackResult:
+    """Qi et al.'s fine-tuning attack on a model: `finetune` (`DEMO_FINETUNE`: full weights) on the
+    first `n_pairs` harmful pairs of the training split, by plain SFT and under their token-wise
+    constrained objective; then the direct request (rows `ft-OBJECTIVE`) and the prefill at every
+    k (`ft-OBJECTIVE-prefill`), with the model's own row name. The fine-tuned weights are cached."""
+    pairs = heldout(tw, "harmful_train")[:n_pairs]
+    out = atk.AttackResult()
+    for objective in cp.FINETUNE_ATTACKS:
+        cfg = replace(finetune, method=objective, dtype=resolve_dtype(finetune.dtype, device))
+        key = stage_key("completion", {"model": model_digest(model_dir), "pairs": [asdict(r) for r in pairs],
+                                       "config": cfg.key()})
+        dest = tw.root / "completed" / "finetuned" / f"{arch}-{name.replace(' ', '-')}-{objective}-{key}"
+        if rebuild or not dest.is_dir():
+            gen = TorchGenerator(load_model(model_dir, device=device), load_tokenizer(model_dir))
+            data = cp.build_data(pairs, [], gen, refuses=KeywordJudge(extra=REFUSALS + RECOVERY_REFUSALS).refuses,
+                                 templates=REFUSALS, need_benign=False)
+            cp.complete(None, model_dir, data, dest, cfg, device=device, progress=progress, merge=cfg.lora)
+        attacked = TorchGenerator(load_model(dest, device=device), load_tokenizer(tw.tokenizer_dir(arch)))
+        suite = _suite(attacked, tw, arch, name, progress)
+        label = f"ft-{objective}"
+        out.extend(suite.direct(harmful, label))
+        out.extend(suite.prefill(harmful, f"{label}-prefill", ks=ks))
+    return out
+
+
+def _generator(tw: Any, arch: str, model_dir: Path, *, device: str, contrast_base: Path | None = None,
+               ada: bool = False, artifact: Path | None = None) -> Any:
+    """The model as the demo decodes it: an exported `artifact` with its own tokenizer, or the
+    PyTorch model, contrastive against `contrast_base` or under Any-Depth Alignment (`ada`)."""
+    if artifact is not None:
+        return open_generator(artifact)
+    contrast = Contrast(load_model(contrast_base, device=device)) if contrast_base else None
+    gen: Any = TorchGenerator(load_model(model_dir, device=device), load_tokenizer(tw.tokenizer_dir(arch)),
+                              contrast=contrast)
+    if ada:
+        from bftcore.anydepth import AnyDepthGenerator, refusal_opening
+
+        gen = AnyDepthGenerator(gen, refusal_opening([*atk.REFUSAL_OPENINGS, *REFUSALS, *RECOVERY_REFUSALS]))
+    return gen
+
+
+def _reassessed(gen: Any, name: str, arch: str) -> list[dict[str, Any]]:
+    """Any-Depth Alignment's count of answers it ended with a refusal (none: not that generator)."""
+    if not hasattr(gen, "reassessed"):
+        return []
+    return [{"model": name, "arch": arch, "attack": "any-depth", "metric": "ada-reassessed",
+             "value": gen.reassessed, "tokens": 0}]
+
+
+def cached_rows(tw: Any, arch: str, name: str, part: str, inputs: dict[str, Any],
+              measure_rows: Callable[[], atk.AttackResult], rebuild: bool) -> atk.AttackResult:
+    """`measure_rows()`, cached under the inputs plus the attack settings and the held-out data."""
+    key = stage_key("attack-rows", {"name": name, "arch": arch, "part": part, "attack": settings(DEMO_ATTACK),
+                                    **inputs, "data": {f: file_digest(tw.data_dir / f"{f}.jsonl") for f in
+                                                       ("harmful_heldout", "harmful_unseen_heldout", "benign_heldout")}})
+    cache = tw.root / "completed" / "measured" / f"{arch}-{name.replace(' ', '-')}-{part}-{key}.json"
     if cache.is_file() and not rebuild:
         return atk.AttackResult.from_json(cache.read_text())
-    harmful = _heldout(tw, "harmful_heldout")
-    gen: Any
-    if artifact is not None:  # the deployed artifact with its own tokenizer
-        gen = open_generator(artifact)
-    else:
-        contrast = Contrast(load_model(contrast_base, device=device)) if contrast_base else None
-        gen = TorchGenerator(load_model(model_dir, device=device), load_tokenizer(tw.tokenizer_dir(arch)),
-                             contrast=contrast)
-    suite = _suite(gen, tw, arch, name, progress)
-    result = atk.AttackResult()
-    result.extend(suite.run("direct", harmful))
-    result.extend(suite.run("prefill", harmful))
-    result.extend(_hard_rows(suite, tw, harmful))
-    result.rows.append(benign_exact_match(gen, tw.world, name, arch, progress))
+    result = measure_rows()
     atomic_write(cache, result.to_json())
     return result
 
@@ -396,7 +523,8 @@ def export_checks(rows: list[RateRow], parity: list[ex.Parity], model: str = COM
     on the same inputs (a reproduction, not an estimate): exact counts, no interval. Rows where
     both sides are 0 tell nothing (a hardened model): when every row is such, the check says so
     instead of passing (the aligned model's rows, where the attacks succeed, are the test)."""
-    ref = {(r.attack, r.k): r for r in rows if r.model == model and r.metric == "asr"}
+    ref = {(r.attack, r.k): r for r in rows
+           if r.model == model and r.metric == "asr" and r.attack in HARDENING_ATTACKS}  # what artifacts meet
     checks = []
     for label in labels:
         name = f"{prefix or model} {label}"

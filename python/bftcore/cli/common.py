@@ -199,6 +199,34 @@ def comparison_table(rows: list[Any], models: list[str], title: str) -> Table:
     return table
 
 
+# the continuous measures a table shows, and how a value prints
+_MEASURE_FORMATS = {"perplexity": "{:.3f}", "kl-to-aligned": "{:.2g}", "refusal-margin": "{:+.2f}",
+                    "reference-rank": "{:.1f}", "refusal-skipped": "{:.3f}", "oracle-forced": "{:.3f}",
+                    "ada-reassessed": "{:.0f}"}
+
+
+def measures_table(measures: list[dict[str, Any]], models: list[str], title: str) -> Table:
+    """One row per (measure, attack, k, bucket), one column per model: the continuous view beside
+    the rates (perplexity and KL on benign responses, refusal margin, the reference's rank, ...)."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("measure", no_wrap=True)
+    shown = [m for m in models if any(x["model"] == m and x["metric"] in _MEASURE_FORMATS for x in measures)]
+    for m in shown:
+        table.add_column(m, justify="right", no_wrap=True)
+    cells: dict[str, dict[str, str]] = {}
+    for x in measures:
+        if x["model"] in shown and x["metric"] in _MEASURE_FORMATS:
+            where = "".join(f" {key}={x[key]}" for key in ("k", "bucket") if x.get(key) is not None)
+            name = x["metric"] if x["metric"] in ("perplexity", "kl-to-aligned", "refusal-margin") \
+                else f"{x.get('attack', '')} {x['metric']}"
+            cells.setdefault(name + where, {})[x["model"]] = _MEASURE_FORMATS[x["metric"]].format(x["value"])
+    for name, by_model in cells.items():
+        table.add_row(name, *(by_model.get(m, "") for m in shown))
+    return table
+
+
 def _short_interval(r: Any) -> str:
     low, high = r.ci
     return f"{100 * r.rate:.1f} [{100 * low:.1f},{100 * high:.1f}]"

@@ -19,6 +19,7 @@ from bftcore.cli.common import (
     comparison_table,
     console,
     emit_json,
+    measures_table,
     parity_table,
     print_checks,
     progress_bars,
@@ -94,8 +95,12 @@ def print_demo(summary: dict[str, Any], out: Console) -> None:
             "the same comparison on the aligned model, which the attacks break (same rows, "
             f"{settings['attack']['max_new_tokens']} new tokens; the toy check above decodes longer answers)"))
         out.print(parity_table([Parity(**p) for p in summary["parity"]]))
-    for m in summary["measures"]:
-        out.print(f"  {m['model']}: perplexity on benign held-out responses {m['value']:.3f} ({m['tokens']} tokens)")
+    if summary["measures"]:
+        out.print(measures_table(
+            summary["measures"], repaired,
+            "continuous measures: perplexity and KL(model || aligned) per token on benign held-out responses; "
+            "refusal margin (log-prob per token, refusal minus harmful continuation, after k harmful tokens); "
+            "the reference's mean rank (RAP's oracle, k=10) per position bucket; share of RAP tokens off the top-1"))
     out.print(bucket_table(summary["index"]["curves"], "index of held-out responses, per position bucket"))
     print_checks([Check(c["name"], c["status"], c["detail"]) for c in summary["checks"]], out)
     for why in summary["skipped"]:
