@@ -1,17 +1,19 @@
 """What the literature's attacks cost against a plain prefill: seconds per 100 prompts on the toy
 world's aligned model (PyTorch, CPU), measured side by side in one run.
 
-Usage: python benches/attack_cost.py [--records 60] [--k 10] [--max-new-tokens 64] [--steps 10]
+Usage: python benches/attack_cost.py [--records 60] [--k 10] [--max-new-tokens 64] [--steps 10] [--repeats 3]
 
 Each attack runs once on the same held-out harmful records at one prefill length k and one
 decoding length; the fine-tuning attack is `complete --method harmful-sft` (full weights) for
 --steps steps of batch 10 on 10 harmful training pairs, then a plain prefill of the result (its
-seconds include that prefill). Ratios are to the plain prefill of the same run.
+seconds include that prefill; it runs once). Each attack runs --repeats times after a warm-up and
+the median counts. Ratios are to the plain prefill of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each attack; the median counts")
     args = ap.parse_args()
     toy = toy_world(0).build(["llama"])
     aligned = toy.model_dir("llama", "aligned")
@@ -46,10 +49,14 @@ def main() -> None:
 
     seconds: dict[str, float] = {}
     base_suite = suite(aligned)
+    base_suite.run("prefill", records[:8])  # warm-up: the first forward passes pay for allocation
     for attack in ("prefill", "rap", "rap-oracle", "restart"):
-        start = time.perf_counter()
-        base_suite.run(attack, records)
-        seconds[attack] = time.perf_counter() - start
+        runs = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            base_suite.run(attack, records)
+            runs.append(time.perf_counter() - start)
+        seconds[attack] = statistics.median(runs)
     with tempfile.TemporaryDirectory() as tmp:
         pairs = Path(tmp) / "pairs.jsonl"
         pairs.write_text("\n".join((toy.data_dir / "harmful_train.jsonl").read_text().splitlines()[:10]) + "\n")
