@@ -193,3 +193,46 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
     assert {"missing": "no such run directory", "empty": "nothing to report",
             "damaged log": "train_log.jsonl:2"}[case] in lines[0]
     assert not out.exists()
+
+
+def test_a_model_keeps_its_colour_in_every_figure() -> None:
+    """The same model in the ASR panels, the continuous views and the training curves is drawn in
+    one colour whatever else each figure shows; two architectures of one model get two colours."""
+    from matplotlib.colors import to_hex
+
+    from bftcore.plots import pyplot
+    from bftcore.report import TrainingRun, plot_losses
+    from bftcore.stats import RateRow
+
+    def colours(fig) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        out = {str(line.get_label()): to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
+        pyplot().close(fig)
+        return out
+
+    rows = [RateRow(m, "llama", "prefill", k, "asr", 3, 10) for m in ("aligned", "completed", "sft") for k in (5, 10)]
+    asr = colours(atk.asr_figure(rows))
+    measures = [{"model": m, "arch": "llama", "metric": "refusal-margin", "k": k, "value": 1.0}
+                for m in ("completed", "my-defense") for k in (5, 10)]
+    continuous = colours(atk.continuous_figure(measures))
+    assert asr["completed llama"] == continuous["completed llama"]
+    assert len({asr["aligned llama"], asr["completed llama"], asr["sft llama"], continuous["my-defense llama"]}) == 4
+    shot = Path("/tmp") / "bftcore-losses-test.png"
+    fig_lines: dict[str, str] = {}
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kw):  # type: ignore[no-untyped-def]
+        fig_lines[kw.get("label", "")] = to_hex(kw["color"])
+        return original(self, *args, **kw)
+
+    matplotlib.axes.Axes.plot = spy  # type: ignore[method-assign]
+    try:
+        plot_losses([TrainingRun("training/completed", "bft", [1, 2], [1.0, 0.5]),
+                     TrainingRun("training/sft", "sft", [1, 2], [1.0, 0.5])], shot)
+    finally:
+        matplotlib.axes.Axes.plot = original  # type: ignore[method-assign]
+    assert fig_lines["training/completed (bft)"] == asr["completed llama"]
+    assert fig_lines["training/sft (sft)"] == asr["sft llama"]
+    two = colours(atk.asr_figure([RateRow("completed", arch, "prefill", 5, "asr", 1, 2) for arch in ("llama", "qwen2")]))
+    assert two["completed llama"] != two["completed qwen2"]

@@ -370,11 +370,12 @@ def read_training_run(path: Path, run_dir: Path) -> TrainingRun:
 
 def plot_losses(runs: Sequence[TrainingRun], path: Path) -> None:
     """Training loss against the step, one line per run."""
-    from bftcore.plots import pyplot, save_figure
+    from bftcore.plots import pyplot, save_figure, series_colours
 
     fig, ax = pyplot().subplots(figsize=(7.2, 4.2 + 0.11 * len(runs)), constrained_layout=True)
+    colours = series_colours({run.name: run.method for run in runs})  # a method's colour in the other figures
     for run in runs:
-        ax.plot(run.steps, run.loss, linewidth=1.2, label=f"{run.name} ({run.method})")
+        ax.plot(run.steps, run.loss, linewidth=1.2, label=f"{run.name} ({run.method})", color=colours[run.name])
     if all(v > 0 for run in runs for v in run.loss):  # losses fall by orders of magnitude
         ax.set_yscale("log")
     ax.set_xlabel("step")

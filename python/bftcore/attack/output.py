@@ -34,15 +34,18 @@ def plot_asr_vs_k(rows: Sequence[RateRow], path: Path) -> None:
 def asr_figure(rows: Sequence[RateRow]) -> Any:
     """ASR against the prefill length k as small multiples: a panel per attack, a line (with its
     95% band) per model, each model in the same colour in every panel, one legend for all."""
-    from bftcore.plots import pyplot
+    from bftcore.plots import pyplot, series_colours
 
     plt = pyplot()
     series: dict[str, dict[str, list[RateRow]]] = {}
+    labels: dict[str, str] = {}
     for r in rows:
         if r.k is not None and r.metric == "asr":
-            series.setdefault(r.attack, {}).setdefault(f"{r.model} {r.arch}".strip(), []).append(r)
-    models = sorted({m for by_model in series.values() for m in by_model})
-    colours = {m: plt.get_cmap("tab10" if len(models) <= 10 else "tab20")(i % 20) for i, m in enumerate(models)}
+            label = f"{r.model} {r.arch}".strip()
+            series.setdefault(r.attack, {}).setdefault(label, []).append(r)
+            labels[label] = r.model
+    colours = series_colours(labels)
+    models = sorted(colours)
     cols = min(3, max(1, len(series)))
     nrows = max(1, -(-len(series) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.9 * nrows + 0.35 * (1 + len(models) // 4)),
@@ -79,13 +82,13 @@ def continuous_figure(measures: Sequence[dict[str, Any]]) -> Any:
     """The continuous views beside the rates, a panel each, a line per model (per k for ranks),
     each model in one colour: the refusal margin against k, and the oracle's mean rank of the
     reference token per response-position bucket (log scale)."""
-    from bftcore.plots import pyplot
+    from bftcore.plots import pyplot, series_colours
 
     plt = pyplot()
     margin = [m for m in measures if m.get("metric") == "refusal-margin"]
     ranks = [m for m in measures if m.get("metric") == "reference-rank"]
-    models = sorted({f"{m.get('model', '')} {m.get('arch', '')}".strip() for m in [*margin, *ranks]})
-    colours = {m: plt.get_cmap("tab10" if len(models) <= 10 else "tab20")(i % 20) for i, m in enumerate(models)}
+    colours = series_colours({f"{m.get('model', '')} {m.get('arch', '')}".strip(): str(m.get("model", ""))
+                              for m in [*margin, *ranks]})
     panels = [p for p in (("margin", margin), ("ranks", ranks)) if p[1]]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.4 * max(1, len(panels)), 3.4),
                              squeeze=False, constrained_layout=True)
