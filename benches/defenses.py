@@ -9,7 +9,8 @@ replaced); the aligned model, contrastive decoding and Any-Depth Alignment need 
 measured once. Every model then meets the demo's rows (`demo.hardening_suite`: direct, prefill at
 k = 5..40, the adaptive prefill, the unseen style, sampled decoding, benign exact-match) and the
 literature's (`demo.literature_suite`: RAP and its oracle, deep prefill, restart, many-shot, the
-completion attack, the decoding exploit, the fine-tuning attack, the continuous measures).
+completion attack, the decoding exploit, the fine-tuning attack, the continuous measures) and the
+refusal rate after benign prefixes (`demo.benign_prefill_suite`).
 
 Resumable: every trained model and every measured row is cached by its inputs (the demo's caches),
 so a run that stops goes on where it was. Prints Markdown: per budget, one row per attack and one
@@ -50,6 +51,7 @@ def main() -> None:
     def measured(path: Path, name: str, **kw: Any) -> Any:
         result = demo.hardening_suite(tw, a.arch, path, name, progress=progress, **kw)
         result.extend(demo.literature_suite(tw, a.arch, path, name, progress=progress, **kw))
+        result.extend(demo.benign_prefill_suite(tw, a.arch, path, name, progress=progress, **kw))
         return result
 
     untrained = {"aligned": measured(aligned, "aligned"),

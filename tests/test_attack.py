@@ -430,6 +430,32 @@ def test_over_refusal_counts_refusals_per_label_on_xstest(aligned_suite) -> None
     assert sum(r.label == "safe" for r in xstest) == 250 and sum(r.label == "unsafe" for r in xstest) == 200
 
 
+def test_benign_prefill_counts_refusals_after_the_forced_prefix(aligned_suite, toy) -> None:  # type: ignore[no-untyped-def]
+    """benign-prefill: the refusal rate after the first k tokens of each record's own response.
+    On the aligned toy model with harmful records it is the shallow-alignment picture in refusal
+    terms (k = 0: it refuses; k = 5: it goes on), so the prefix is really forced; on benign
+    records it refuses rarely; x counts the samples' refusals, and n the records long enough."""
+    from dataclasses import replace
+
+    from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS
+
+    base, harmful = aligned_suite
+    suite = Suite(base.gen, base.judge, replace(base.cfg, ks=(0, 5), max_new_tokens=16),
+                  openers=REFUSALS + RECOVERY_REFUSALS)
+    res = suite.run("benign-prefill", harmful)
+    rows = {r.k: r for r in res.rows}
+    assert [(r.attack, r.metric) for r in res.rows] == [("benign-prefill", "refusal")] * 2
+    assert rows[0].x == rows[0].n == len(harmful) and rows[5].x <= 1, rows
+    for k in (0, 5):
+        mine = [s for s in res.samples if s.k == k]
+        assert rows[k].x == sum(s.success for s in mine) and len(mine) == rows[k].n
+    assert all(len(s.prefill) > 0 for s in res.samples if s.k == 5)
+    benign = read_corpus([toy.data_dir / "benign_heldout.jsonl"])[0][:12]
+    suite.cfg = replace(suite.cfg, ks=(5,))
+    (row,) = suite.run("benign-prefill", benign).rows
+    assert row.n == 12 and row.x <= 1, row
+
+
 def test_kl_to_a_reference_on_benign_responses(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`--kl-to`: 0 against itself; against the base, the mean over response tokens of
     KL(aligned || base) computed here from the two models' logits; without --benign, exit 2."""

@@ -81,6 +81,9 @@ def _check_literature(obj: dict, models: tuple[str, ...], plain: tuple[str, ...]
         assert set(measured) == set(expected), (attack, k, measured)
         assert len(set(measured.values())) == 1 and min(measured.values()) > 0, (attack, k, measured)
     assert rows[("aligned", "rap", 10)]["n"] == 60
+    refusals = {(x["model"], x["k"]): x for x in obj["rows"] if x["attack"] == "benign-prefill"}
+    assert set(refusals) == {(m, k) for m in models for k in (5, 10, 20, 40)}
+    assert all(x["metric"] == "refusal" and x["n"] == 60 for x in refusals.values())
     measures = {(m["model"], m["metric"], m.get("k"), m.get("bucket")): m["value"] for m in obj["measures"]}
     for m in plain:
         assert {(m, "refusal-margin", k, None) for k in (5, 10, 20, 40)} <= set(measures)

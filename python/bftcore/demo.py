@@ -144,11 +144,16 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
         return literature_suite(tw, arch, model_dir, name, device=device, progress=progress,
                                 rebuild=rebuild, **kw)
 
-    suite.extend(literature(aligned, "aligned"))
-    for name, path in models.items():
-        suite.extend(literature(path, name))
-    suite.extend(literature(aligned, CONTRAST, contrast_base=tw.model_dir(arch, "base")))
-    suite.extend(literature(aligned, ANY_DEPTH, ada=True))
+    def benign(model_dir: Path, name: str, **kw: Any) -> atk.AttackResult:
+        return benign_prefill_suite(tw, arch, model_dir, name, device=device, progress=progress,
+                                    rebuild=rebuild, **kw)
+
+    everyone: list[tuple[Path, str, dict[str, Any]]] = [
+        (aligned, "aligned", {}), *((path, name, {}) for name, path in models.items()),
+        (aligned, CONTRAST, {"contrast_base": tw.model_dir(arch, "base")}), (aligned, ANY_DEPTH, {"ada": True})]
+    for path, name, kw in everyone:
+        suite.extend(literature(path, name, **kw))
+        suite.extend(benign(path, name, **kw))
     parity: list[ex.Parity] = []
     skipped = []
     missing = missing_deploy_extras()
@@ -323,6 +328,22 @@ def literature_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: 
         "model": model_digest(model_dir), "contrast_base": model_digest(contrast_base) if contrast_base else None,
         "ada": ada, "every": LITERATURE_EVERY, "finetune": settings(DEMO_FINETUNE) if plain else None,
         "pairs": FINETUNE_PAIRS, "train": file_digest(tw.data_dir / "harmful_train.jsonl")}, measure_rows, rebuild)
+
+
+def benign_prefill_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: str = "cpu",
+                         progress: Progress | None = None, contrast_base: Path | None = None, ada: bool = False,
+                         rebuild: bool = False) -> atk.AttackResult:
+    """Over-refusal at depth: the refusal rate after the first k tokens (every k) of every
+    `LITERATURE_EVERY`-th held-out benign answer (the toy world has no benign prompts that look
+    harmful; this is its over-refusal row). Cached like `hardening_suite`."""
+    def measure_rows() -> atk.AttackResult:
+        gen = _generator(tw, arch, model_dir, device=device, contrast_base=contrast_base, ada=ada)
+        suite = _suite(gen, tw, arch, name, progress)
+        return suite.run("benign-prefill", heldout(tw, "benign_heldout")[::LITERATURE_EVERY])
+
+    return cached_rows(tw, arch, name, "benign-prefill", {
+        "model": model_digest(model_dir), "contrast_base": model_digest(contrast_base) if contrast_base else None,
+        "ada": ada, "every": LITERATURE_EVERY}, measure_rows, rebuild)
 
 
 def finetune_attack(tw: Any, arch: str, model_dir: Path, name: str, harmful: list[Record], *, device: str = "cpu",

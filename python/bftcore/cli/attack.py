@@ -48,7 +48,7 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 @click.argument("model")
 @click.option("--attack", "attacks", default="direct,prefill", show_default=True,
               help="Comma-separated: direct, prefill, prefill-sampled, rank-prefill, rap, rap-oracle, deep-prefill, "
-                   "restart, many-shot, refusal-margin, over-refusal, completion, decoding-exploit.")
+                   "restart, many-shot, refusal-margin, over-refusal, benign-prefill, completion, decoding-exploit.")
 @click.option("--k", "ks", default="5,10,20,40", show_default=True, help="Prefill lengths (tokens).")
 @click.option("--deep-k", "deep_ks", default="64,128,256", show_default=True, help="deep-prefill's depths (tokens).")
 @click.option("--deep-tail", type=click.IntRange(min=1), default=16, show_default=True,
