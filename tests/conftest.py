@@ -46,10 +46,10 @@ def toy():  # type: ignore[no-untyped-def]
     return toy_world(0).build(["llama", "qwen2"])
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
     """Run the real `bftcore` command in a subprocess."""
     return subprocess.run([sys.executable, "-m", "bftcore", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=1800)
+                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
