@@ -283,8 +283,8 @@ def hardening_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: s
         return result
 
     return cached_rows(tw, arch, name, "hardening", {
-        "model": model_digest(model_dir), "contrast_base": model_digest(contrast_base) if contrast_base else None,
-        "ada": ada, "artifact": model_digest(artifact) if artifact else None}, measure_rows, rebuild)
+        **_model_key(model_dir, contrast_base, ada), "artifact": model_digest(artifact) if artifact else None},
+        measure_rows, rebuild)
 
 
 def literature_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: str = "cpu",
@@ -321,12 +321,11 @@ def literature_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: 
             out.measures.append(atk.kl_to_reference(gen, reference, benign, model=name, arch=arch,
                                                     reference_name="aligned"))
             out.extend(finetune_attack(tw, arch, model_dir, name, harmful, device=device, progress=progress,
-                                       rebuild=rebuild))
+                                       rebuild=rebuild, gen=gen))
         return out
 
     return cached_rows(tw, arch, name, "literature", {
-        "model": model_digest(model_dir), "contrast_base": model_digest(contrast_base) if contrast_base else None,
-        "ada": ada, "every": LITERATURE_EVERY, "finetune": settings(DEMO_FINETUNE) if plain else None,
+        **_model_key(model_dir, contrast_base, ada), "every": LITERATURE_EVERY, "finetune": settings(DEMO_FINETUNE) if plain else None,
         "pairs": FINETUNE_PAIRS, "train": file_digest(tw.data_dir / "harmful_train.jsonl")}, measure_rows, rebuild)
 
 
@@ -342,17 +341,18 @@ def benign_prefill_suite(tw: Any, arch: str, model_dir: Path, name: str, *, devi
         return suite.run("benign-prefill", heldout(tw, "benign_heldout")[::LITERATURE_EVERY])
 
     return cached_rows(tw, arch, name, "benign-prefill", {
-        "model": model_digest(model_dir), "contrast_base": model_digest(contrast_base) if contrast_base else None,
-        "ada": ada, "every": LITERATURE_EVERY}, measure_rows, rebuild)
+        **_model_key(model_dir, contrast_base, ada), "every": LITERATURE_EVERY}, measure_rows, rebuild)
 
 
 def finetune_attack(tw: Any, arch: str, model_dir: Path, name: str, harmful: list[Record], *, device: str = "cpu",
                     progress: Progress | None = None, rebuild: bool = False, finetune: cp.CompleteConfig = DEMO_FINETUNE,
-                    n_pairs: int = FINETUNE_PAIRS, ks: tuple[int, ...] | None = None) -> atk.AttackResult:
+                    n_pairs: int = FINETUNE_PAIRS, ks: tuple[int, ...] | None = None,
+                    gen: Any | None = None) -> atk.AttackResult:
     """Qi et al.'s fine-tuning attack on a model: `finetune` (`DEMO_FINETUNE`: full weights) on the
     first `n_pairs` harmful pairs of the training split, by plain SFT and under their token-wise
     constrained objective; then the direct request (rows `ft-OBJECTIVE`) and the prefill at every
-    k (`ft-OBJECTIVE-prefill`), with the model's own row name. The fine-tuned weights are cached."""
+    k (`ft-OBJECTIVE-prefill`), with the model's own row name. The fine-tuned weights are cached;
+    `gen` (the model's PyTorch generator, loaded when not given) builds the training data."""
     pairs = heldout(tw, "harmful_train")[:n_pairs]
     out = atk.AttackResult()
     for objective in cp.FINETUNE_ATTACKS:
@@ -361,7 +361,7 @@ def finetune_attack(tw: Any, arch: str, model_dir: Path, name: str, harmful: lis
                                        "config": cfg.key()})
         dest = tw.root / "completed" / "finetuned" / f"{arch}-{name.replace(' ', '-')}-{objective}-{key}"
         if rebuild or not dest.is_dir():
-            gen = TorchGenerator(load_model(model_dir, device=device), load_tokenizer(model_dir))
+            gen = gen or TorchGenerator(load_model(model_dir, device=device), load_tokenizer(model_dir))
             data = cp.build_data(pairs, [], gen, refuses=KeywordJudge(extra=REFUSALS + RECOVERY_REFUSALS).refuses,
                                  templates=REFUSALS, need_benign=False)
             cp.complete(None, model_dir, data, dest, cfg, device=device, progress=progress, merge=cfg.lora)
@@ -383,10 +383,17 @@ def _generator(tw: Any, arch: str, model_dir: Path, *, device: str, contrast_bas
     gen: Any = TorchGenerator(load_model(model_dir, device=device), load_tokenizer(tw.tokenizer_dir(arch)),
                               contrast=contrast)
     if ada:
-        from bftcore.anydepth import AnyDepthGenerator, refusal_opening
+        from bftcore.anydepth import AnyDepthGenerator
+        from bftcore.judge import refusal_opening
 
         gen = AnyDepthGenerator(gen, refusal_opening([*atk.REFUSAL_OPENINGS, *REFUSALS, *RECOVERY_REFUSALS]))
     return gen
+
+
+def _model_key(model_dir: Path, contrast_base: Path | None, ada: bool) -> dict[str, Any]:
+    """The cache-key part naming the model as `_generator` decodes it."""
+    return {"model": model_digest(model_dir),
+            "contrast_base": model_digest(contrast_base) if contrast_base else None, "ada": ada}
 
 
 def _reassessed(gen: Any, name: str, arch: str) -> list[dict[str, Any]]:
