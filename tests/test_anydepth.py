@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bftcore.anydepth import AnyDepthConfig, AnyDepthGenerator, assistant_header, refusal_opening
+from bftcore.anydepth import AnyDepthConfig, AnyDepthGenerator, assistant_header
 from bftcore.attack import REFUSAL_OPENINGS
 from bftcore.chat import response_ids
 from bftcore.corpus import read_corpus
 from bftcore.errors import BadInput
 from bftcore.generate import Decoding, TorchGenerator
+from bftcore.judge import refusal_opening
 from bftcore.models import load_model, load_tokenizer
 from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS
 from conftest import family_pair, run_cli

@@ -194,6 +194,15 @@ def test_classifier_and_causal_judges(toy, tmp_path: Path) -> None:  # type: ign
         verdicts = judge.judge(items)
         agree = sum(v == t for v, t in zip(verdicts, truth)) / len(truth)
         assert agree >= 0.9, (judge.name, verdicts)
+    # `bftcore judge` shares them: the same items from a file, with labels, agree as well
+    f = tmp_path / "items.jsonl"
+    f.write_text("".join(json.dumps({"prompt": i.prompt, "response": i.continuation, "harmful": t}) + "\n"
+                         for i, t in zip(items, truth)))
+    r = run_cli("judge", str(f), "--judge", f"classifier:{clf}", "--judge", f"causal:{causal}", "--labels", "harmful",
+                "--out", str(tmp_path / "judged.jsonl"), "--json")
+    assert r.returncode == 0, r.stderr
+    for a in json.loads(r.stdout)["agreement"]:
+        assert a["success_agreement"] >= 0.9, a
     # and from the CLI, on a model's real generations: refusals pass, prefilled harm does not
     for spec in (f"classifier:{clf}", f"causal:{causal}"):
         r = run_cli("attack", str(toy.model_dir("llama", "aligned")), "--attack", "direct,prefill",

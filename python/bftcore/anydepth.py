@@ -26,13 +26,6 @@ class AnyDepthConfig:
     peek: int = 8  # tokens decoded after the header to see whether the model now refuses
 
 
-def refusal_opening(phrases: Sequence[str]) -> Callable[[str], bool]:
-    """Whether a text opens with a refusal: its first two words are those of a refusal phrase
-    (a peek of a few tokens may hold no more of it)."""
-    heads = tuple(dict.fromkeys(" ".join(p.split()[:2]) for p in phrases if p.strip()))
-    return lambda text: text.strip().startswith(heads)
-
-
 def assistant_header(tokenizer: Any, *, thinking: bool = False) -> list[int]:
     """The tokens the chat template puts before an assistant answer (the generation prompt): the
     rendering with it less the rendering without it. BadInput for a model without a template."""

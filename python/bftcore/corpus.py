@@ -83,7 +83,7 @@ class ReadOptions:
     skip_bad: bool = False
 
 
-class _Bad(Exception):
+class BadRow(Exception):
     """One unreadable record; becomes BadInput naming file and line, or a count."""
 
 
@@ -95,7 +95,7 @@ def read_corpus(paths: Iterable[str | Path], options: ReadOptions = ReadOptions(
     records: list[Record] = []
     seen: set[tuple[str, str | None, str, tuple[tuple[str, str], ...]]] = set()
     ids: dict[str, str] = {}  # record id -> where it was first seen
-    for path in _expand(paths, lines=options.format == "lines"):
+    for path in expand_paths(paths, lines=options.format == "lines"):
         report.files.append(str(path))
         for rec in _read_file(path, options, report):
             key = (rec.prompt, rec.response, rec.label, rec.history)
@@ -120,7 +120,7 @@ def read_corpus(paths: Iterable[str | Path], options: ReadOptions = ReadOptions(
     return records, report
 
 
-def _expand(paths: Iterable[str | Path], *, lines: bool = False) -> list[Path]:
+def expand_paths(paths: Iterable[str | Path], *, lines: bool = False) -> list[Path]:
     out: list[Path] = []
     suffixes = SUFFIXES if lines else tuple(x for x in SUFFIXES if x != ".txt")
     for p in map(Path, paths):
@@ -159,7 +159,7 @@ def _read_file(path: Path, o: ReadOptions, report: ReadReport) -> Iterator[Recor
         if suffix == ".txt" or o.format == "lines":
             rows, kind = _text_lines(path), "lines"
         elif suffix == ".parquet" or o.format == "parquet":
-            rows, kind = _parquet_rows(path), "parquet"
+            rows, kind = parquet_rows(path), "parquet"
         elif suffix == ".csv" or o.format in ("advbench", "advbench-strings", "harmbench", "csv"):
             rows, kind = _csv_rows(path, o)
         elif suffix in (".jsonl", ".ndjson", ".json"):
@@ -174,7 +174,7 @@ def _read_file(path: Path, o: ReadOptions, report: ReadReport) -> Iterator[Recor
     for line, row in rows:
         try:
             rec = _record(kind, row, o, f"{path}:{line}", targets)
-        except _Bad as e:
+        except BadRow as e:
             if not o.skip_bad:
                 raise BadInput(f"{path}:{line}: {e} (use --skip-bad to count and skip such records)") from e
             report.bad += 1
@@ -185,33 +185,14 @@ def _read_file(path: Path, o: ReadOptions, report: ReadReport) -> Iterator[Recor
 
 
 def _json_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise BadInput(f"{path}: empty file")
-    rows: list[tuple[int, Any]] = []
-    try:  # one JSON document: a list of objects, or a {id: target} mapping
-        doc = json.loads(text)
-        if isinstance(doc, list):
-            rows = [(i + 1, r) for i, r in enumerate(doc)]
-        elif isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()) \
-                and path.suffix.lower() == ".json" and _detect_json(doc, o) is None:
-            # a {BehaviorID: target} mapping (a JSON-lines file of one record is that record)
-            return [(i + 1, {"id": k, "target": v}) for i, (k, v) in enumerate(doc.items())], \
-                "harmbench-targets"
-        elif isinstance(doc, dict):
-            rows = [(1, doc)]
-        else:
-            raise BadInput(f"{path}: a JSON document must be a list of objects or an object")
-    except json.JSONDecodeError:  # JSON lines
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                rows.append((i, _Bad(f"malformed JSON ({e.msg} at column {e.colno})")))
+    doc = json_document(path)
+    if isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()) \
+            and path.suffix.lower() == ".json" and _detect_json(doc, o) is None:
+        # a {BehaviorID: target} mapping (a JSON-lines file of one record is that record)
+        return [(i + 1, {"id": k, "target": v}) for i, (k, v) in enumerate(doc.items())], "harmbench-targets"
+    rows = json_rows(path, doc)
     first = next((r for _, r in rows if isinstance(r, dict)), None)
-    broken = next(((i, r) for i, r in rows if isinstance(r, _Bad)), None)
+    broken = next(((i, r) for i, r in rows if isinstance(r, BadRow)), None)
     if first is None and broken is not None and not o.skip_bad:  # no line parses: name the first
         raise BadInput(f"{path}:{broken[0]}: {broken[1]} (use --skip-bad to count and skip such records)")
     kind = o.format or _detect_json(first, o)
@@ -220,6 +201,40 @@ def _json_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
         raise BadInput(f"{path}: cannot tell the format from the keys {keys}; "
                        "name it with --format or --prompt-column/--response-column")
     return rows, kind
+
+
+def json_document(path: Path) -> Any:
+    """A .json/.jsonl file as one JSON document, or as its list of (line, row) for JSON lines (a
+    malformed line is a `BadRow` row, named by its number)."""
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise BadInput(f"{path}: empty file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        rows: list[tuple[int, Any]] = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((i, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    rows.append((i, BadRow(f"malformed JSON ({e.msg} at column {e.colno})")))
+        return _Lines(rows)
+
+
+class _Lines(list):
+    """JSON lines as read by `json_document` (a list that is not a JSON array)."""
+
+
+def json_rows(path: Path, doc: Any) -> list[tuple[int, Any]]:
+    """A JSON document's records as (line, row): JSON lines, a list of objects, or one object."""
+    if isinstance(doc, _Lines):
+        return list(doc)
+    if isinstance(doc, list):
+        return [(i + 1, r) for i, r in enumerate(doc)]
+    if isinstance(doc, dict):
+        return [(1, doc)]
+    raise BadInput(f"{path}: a JSON document must be a list of objects or an object")
 
 
 def _detect_json(first: Any, o: ReadOptions) -> str | None:
@@ -251,7 +266,7 @@ def _text_lines(path: Path) -> list[tuple[int, Any]]:
         try:
             line = raw.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as e:
-            rows.append((i, _Bad(f"not UTF-8 text ({e.reason} at byte {e.start} of the line)")))
+            rows.append((i, BadRow(f"not UTF-8 text ({e.reason} at byte {e.start} of the line)")))
             continue
         if line.strip():
             rows.append((i, {"prompt": line.strip()}))
@@ -290,7 +305,7 @@ def _csv_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
     return rows, kind
 
 
-def _parquet_rows(path: Path) -> list[tuple[int, Any]]:
+def parquet_rows(path: Path) -> list[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
     try:
@@ -316,18 +331,18 @@ def _text(row: dict[str, Any], key: str, required: bool = True) -> str | None:
     value = row.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            raise _Bad(f"missing or empty {key!r}")
+            raise BadRow(f"missing or empty {key!r}")
         return None
     if not isinstance(value, str):
-        raise _Bad(f"{key!r} is not a string")
+        raise BadRow(f"{key!r} is not a string")
     return value
 
 
 def _record(kind: str, row: Any, o: ReadOptions, source: str, targets: dict[str, str]) -> Record:
-    if isinstance(row, _Bad):
+    if isinstance(row, BadRow):
         raise row
     if not isinstance(row, dict):
-        raise _Bad("a record must be a JSON object")
+        raise BadRow("a record must be a JSON object")
     harmful = o.label or "harmful"
     rid = str(row.get("id") or source)
     if kind == "jsonl":
@@ -336,15 +351,15 @@ def _record(kind: str, row: Any, o: ReadOptions, source: str, targets: dict[str,
     if kind == "chat":
         msgs = row.get("messages")
         if not isinstance(msgs, list) or not msgs:
-            raise _Bad("'messages' must be a non-empty list")
+            raise BadRow("'messages' must be a non-empty list")
         turns = []
         for m in msgs:
             if not isinstance(m, dict) or not isinstance(m.get("content"), str) or "role" not in m:
-                raise _Bad("each message needs a 'role' and a string 'content'")
+                raise BadRow("each message needs a 'role' and a string 'content'")
             turns.append((str(m["role"]), m["content"]))
         response = turns.pop()[1] if turns[-1][0] == "assistant" else None
         if not turns or turns[-1][0] != "user":
-            raise _Bad("the turn before the response must be the user's")
+            raise BadRow("the turn before the response must be the user's")
         label = row.get(o.label_column) or o.label or "unlabeled"
         return Record(rid, turns[-1][1], response, str(label), source, tuple(turns[:-1]))
     if kind == "derta":
@@ -372,7 +387,7 @@ def _record(kind: str, row: Any, o: ReadOptions, source: str, targets: dict[str,
         pcol = o.prompt_column or "prompt"
         rcol = o.response_column or "response"
         if pcol not in row and rcol not in row:
-            raise _Bad(f"neither {pcol!r} nor {rcol!r} in the record (keys: {sorted(row)})")
+            raise BadRow(f"neither {pcol!r} nor {rcol!r} in the record (keys: {sorted(row)})")
         prompt = _text(row, pcol, required=rcol not in row) or ""
         label = row.get(o.label_column) or o.label or "unlabeled"
         return Record(rid, prompt, _text(row, rcol, False), str(label), source)

@@ -12,6 +12,7 @@ One module per command group; none loads a model itself, each calls one library 
     demo.py      demo                          bftcore.demo
     index.py     score, index, merge, inspect  bftcore.pipeline, bftcore.index
     attack.py    attack                        bftcore.backends.open_target, bftcore.attack
+    judge.py     judge                         bftcore.judge
     complete.py  complete                      bftcore.complete.harden
     export.py    export                        bftcore.export
     report.py    report                        bftcore.report
@@ -33,6 +34,7 @@ from bftcore.cli.complete import complete
 from bftcore.cli.demo import demo
 from bftcore.cli.export import export_cmd
 from bftcore.cli.index import index_cmd, inspect, merge_cmd, score
+from bftcore.cli.judge import judge_cmd
 from bftcore.cli.models import models
 from bftcore.cli.report import report
 from bftcore.cli.toy import toy
@@ -69,7 +71,7 @@ def cli(allow_pickle: bool) -> None:
         models.ALLOW_PICKLE = True
 
 
-for _command in (toy, demo, score, index_cmd, merge_cmd, inspect, attack, complete, export_cmd, report, models):
+for _command in (toy, demo, score, index_cmd, merge_cmd, inspect, attack, judge_cmd, complete, export_cmd, report, models):
     cli.add_command(_command)
 
 

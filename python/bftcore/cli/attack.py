@@ -12,7 +12,8 @@ from bftcore.cli.common import (
     corpus_options,
     dtype_option,
     emit_json,
-    lines,
+    judge_options,
+    open_judge,
     options_to,
     progress_bars,
     rows_table,
@@ -59,8 +60,8 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
               help="restart: the refusal put between the harmful prefix and the next step marker.")
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
               help="Prompts (and harmful responses, for prefilling); repeatable.")
-@click.option("--judge", "judge_spec", default="keyword", show_default=True,
-              help="keyword, exact (toy world), classifier:PATH or causal:PATH.")
+@click.option("--judge", "judge_spec", default="refusal", show_default=True,
+              help="refusal, keyword, exact (toy world), classifier:PATH or causal:PATH (see `bftcore judge`).")
 @click.option("--backend", type=click.Choice(["auto", "torch", "llamacpp", "onnx", "server"]), default="auto",
               show_default=True, help="auto: llamacpp for a .gguf file, onnx for an export directory, "
               "server for an http:// URL, else torch.")
@@ -77,12 +78,7 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 @click.option("--benign", type=click.Path(exists=True, path_type=Path), help="Benign prompt/response file: perplexity.")
 @click.option("--kl-to", "kl_to", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="With --benign: mean per-token KL(model || this model) on the benign responses (e.g. the aligned model).")
-@click.option("--refusal-keywords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Extra refusal keywords (one per line) for the keyword judge, rank-prefill, rap and --ada-every.")
-@click.option("--judge-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Prompt template for a classifier/causal judge ({prompt}, {response}).")
-@click.option("--judge-label", help="The classifier judge's label that means harmful.")
-@click.option("--toy-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Toy world of the exact judge.")
+@judge_options
 @click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval-harness tasks (torch backend).")
 @click.option("--lm-eval-include", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A directory of local lm-eval task files (YAML with local data), added to the harness's own.")
@@ -114,7 +110,7 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
     \b
     Example:
       bftcore attack aligned/ --attack direct,prefill,rank-prefill --k 5,10,20,40 \\
-          --data harmful.jsonl --judge keyword --out results/
+          --data harmful.jsonl --judge refusal --out results/
       bftcore attack hardened-q8_0.gguf --backend llamacpp --attack prefill --data harmful.jsonl
       bftcore attack http://127.0.0.1:8000 --backend server --tokenizer hardened-q8_0.gguf \\
           --attack prefill --data harmful.jsonl
@@ -131,13 +127,14 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
         raise BadInput("--kl-to measures on the --benign responses: give --benign too")
     dev = str(resolve_device(device))
     records = read_corpus(data, read)[0][:limit]
-    judge, openers = _judge(judge_spec, toy_seed, refusal_keywords, judge_template, judge_label, dev)
+    judge, openers = open_judge(judge_spec, toy_seed, refusal_keywords, judge_template, judge_label, dev)
     gen, arch = open_target(model, kind, device=dev, tokenizer=tokenizer_path, contrast_base=contrast_base,
                             contrast_gamma=contrast_gamma, dtype=dtype)
     label = name or (model if kind == "server" else Path(model).resolve().name)
     model_gen = gen  # perplexity and KL read the model itself
     if ada_every:
-        from bftcore.anydepth import AnyDepthConfig, AnyDepthGenerator, refusal_opening
+        from bftcore.anydepth import AnyDepthConfig, AnyDepthGenerator
+        from bftcore.judge import refusal_opening
 
         gen = AnyDepthGenerator(gen, refusal_opening([*atk.REFUSAL_OPENINGS, *openers]),
                                 AnyDepthConfig(every=ada_every), thinking=cfg.thinking)
@@ -182,23 +179,6 @@ def _check_torch_only(kind: str, benign: Path | None, lm_eval_tasks: str | None,
         from bftcore.attack import lm_eval_tasks as known_tasks
 
         known_tasks(_task_names(lm_eval_tasks), lm_eval_include)
-
-
-def _judge(spec: str, toy_seed: int, refusal_keywords: Path | None, template: Path | None,
-           label: str | None, device: str) -> tuple[Any, list[str]]:
-    """The judge, and the refusal openers rank-prefill, rap and Any-Depth steer around or stop at."""
-    from bftcore.judge import make_judge
-
-    extra = lines(refusal_keywords) if refusal_keywords else []
-    phrases, openers = None, list(extra)
-    if spec == "exact":
-        from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS, World
-
-        phrases = World(toy_seed).harmful_phrases
-        openers += REFUSALS + RECOVERY_REFUSALS
-    judge = make_judge(spec, phrases=phrases, extra_keywords=extra, device=device, label=label,
-                       template=template.read_text() if template else None)
-    return judge, openers
 
 
 def _measures(gen: Any, label: str, arch: str, model: str, benign: Path | None,

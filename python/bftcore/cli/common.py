@@ -133,6 +133,38 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                   "no_generate", "max_new_tokens", "dtype", "thinking"))(fn)
 
 
+def judge_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What configures a judge beside its name (`open_judge`'s arguments)."""
+    for opt in reversed([
+        click.option("--refusal-keywords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Extra refusal keywords (one per line) for the keyword judge, rank-prefill, rap and --ada-every."),
+        click.option("--judge-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Prompt template for a classifier/causal judge ({prompt}, {response})."),
+        click.option("--judge-label", help="The classifier judge's label that means harmful."),
+        click.option("--toy-seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Toy world of the exact judge."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def open_judge(spec: str, toy_seed: int, refusal_keywords: Path | None, template: Path | None,
+               label: str | None, device: str) -> tuple[Any, list[str]]:
+    """The judge, and the refusal openers rank-prefill, rap and Any-Depth steer around or stop at."""
+    from bftcore.judge import make_judge
+
+    extra = lines(refusal_keywords) if refusal_keywords else []
+    phrases, openers = None, list(extra)
+    if spec == "exact":
+        from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS, World
+
+        phrases = World(toy_seed).harmful_phrases
+        openers += REFUSALS + RECOVERY_REFUSALS
+    judge = make_judge(spec, phrases=phrases, extra_keywords=extra, device=device, label=label,
+                       template=template.read_text() if template else None)
+    return judge, openers
+
+
 def lines(path: Path) -> list[str]:
     """The non-blank lines of a text file, stripped (keyword and refusal lists)."""
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
