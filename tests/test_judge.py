@@ -10,7 +10,7 @@ import pytest
 
 from bftcore.judge import PhraseJudge
 from bftcore.toy import World, steps_of
-from conftest import run_cli
+from conftest import run_cli, shared_data
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,30 @@ def test_refusal_judge_beats_the_keyword_judge_on_the_labelled_sets(split: str, 
     assert refusal["verdict_agreement"] >= 0.85, refusal
     # every class is found: partial refusals in both orders are told from both neighbours
     assert all(refusal["per_class"][c]["recall"] >= 0.5 for c in ("refusal", "partial", "compliance", "empty"))
+
+
+def test_judge_cli_on_every_shared_file(tmp_path: Path) -> None:
+    """The public data sets: those with answers (AdvBench's targets and strings, DeRTa's harmful
+    responses, HarmBench's targets) are judged record for record (their affirmative openings and
+    harmful texts are compliance); those without (XSTest, HarmBench's behaviors) exit 2 naming why."""
+    import csv
+
+    data = shared_data()
+    for name, n in [("advbench/harmful_behaviors.csv", None), ("advbench/harmful_strings.csv", None),
+                    ("derta/malicious_tuning_data_330.jsonl", None), ("harmbench/harmbench_targets_text.json", None)]:
+        path = data / name
+        if n is None:
+            n = (sum(1 for _ in csv.DictReader(path.open(encoding="utf-8"))) if path.suffix == ".csv" else
+                 len(json.loads(path.read_text())) if path.suffix == ".json" else
+                 sum(1 for line in path.read_text().splitlines() if line.strip()))
+        out = tmp_path / "judged.jsonl"
+        r = run_cli("judge", str(path), "--out", str(out), "--json")
+        assert r.returncode == 0, (name, r.stderr)
+        judged = _rows(out)
+        assert len(judged) == n == json.loads(r.stdout)["overall"]["n"], name
+        compliant = sum(j["verdict"] == "compliance" for j in judged) / n
+        assert compliant >= 0.9, (name, compliant)
+    for name in ("xstest/xstest_prompts.csv", "harmbench/harmbench_behaviors_text_val.csv"):
+        r = run_cli("judge", str(data / name), "--out", str(tmp_path / "x.jsonl"))
+        assert r.returncode == 2 and "which column holds the answers" in r.stderr, (name, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
