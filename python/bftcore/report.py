@@ -64,9 +64,10 @@ class _Found:
     attacks: list[Path] = field(default_factory=list)
     training: list[Path] = field(default_factory=list)
     parity: list[Path] = field(default_factory=list)
+    gradients: list[Path] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.indexes or self.attacks or self.training or self.parity)
+        return not (self.indexes or self.attacks or self.training or self.parity or self.gradients)
 
 
 def discover(run_dir: Path) -> _Found:
@@ -85,6 +86,8 @@ def discover(run_dir: Path) -> _Found:
             found.training.append(p)
         elif p.name == "parity.json" or p.name.endswith(".parity.json"):
             found.parity.append(p)
+        elif p.name == "gradient.json" or p.name.endswith(".gradient.json"):
+            found.gradients.append(p)
     return found
 
 
@@ -101,12 +104,13 @@ def build_report(run_dir: Path, out: Path, title: str | None = None) -> ReportSu
     found = discover(run_dir)
     if found.empty():
         raise BadInput(f"{run_dir}: nothing to report (no *.bfti index, attacks results.parquet, "
-                       "train_log.jsonl or parity.json under it)")
+                       "train_log.jsonl, parity.json or gradient.json under it)")
     page = _Page(run_dir, title or f"bftcore report: {run_dir.resolve().name}")
     with tempfile.TemporaryDirectory(prefix="bftcore-report-") as tmp:
         plots = _Plots(Path(tmp))
         sections = [
             _index_section(found.indexes, page, plots),
+            _gradient_section(found.gradients, found.indexes, page, plots),
             _attack_section(found.attacks, page, plots),
             _training_section(found.training, page, plots),
             _parity_section(found.parity, page),
@@ -173,6 +177,9 @@ class _Page:
                   (len(found.parity), "export parity table", "export parity tables", "parity")]
         have = [f'<a href="#{anchor}">{n} {esc(one if n == 1 else many)}</a>'
                 for n, one, many, anchor in counts if n]
+        if found.gradients:  # optional: not listed as missing
+            n = len(found.gradients)
+            have.append(f'<a href="#gradient">{n} gradient profile{"" if n == 1 else "s"}</a>')
         missing = [esc(many) for n, _, many, _ in counts if not n]
         found_line = "Found " + ", ".join(have) + (f"; no {', no '.join(missing)}." if missing else ".")
         return "\n".join([
@@ -240,6 +247,36 @@ def _index_section(paths: list[Path], page: _Page, plots: _Plots) -> str:
         parts.append(page.table(("label", "positions", "tokens", "mean KL", "mean R_t", "mean M_t", "bf rate",
                                  "mean log-ratio"), rows, numeric=range(2, 8), caption="per position bucket"))
         parts.append("</article>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _gradient_section(paths: list[Path], indexes: list[Path], page: _Page, plots: _Plots) -> str:
+    """The safety gradient per position (`bftcore gradient --out gradient.json`), every profile in
+    one plot, beside the first index's R_t and KL."""
+    from bftcore import index as bfti
+    from bftcore.gradient import GradientProfile, plot_gradient
+
+    if not paths:
+        return ""
+    profiles = []
+    for path in paths:
+        try:
+            profiles.append(GradientProfile.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+            raise BadInput(f"{path}: not a gradient profile ({e})") from e
+    idx = bfti.Index(indexes[0]) if indexes else None
+    parts = ['<section id="gradient"><h2>The safety gradient per response position</h2>',
+             ('<p class="note">The safety SFT loss of each target token: ‖∂ℓ_t/∂logits_t‖ averaged over '
+              "the records, and the norm of the batch's mean gradient on one block's parameters"
+              + (f"; beside them R_t and KL of {esc(page.rel(indexes[0]))}" if idx else "") + ".</p>"),
+             plots.img(partial(plot_gradient, profiles, index=idx), "safety gradient per position",
+                       "Gradient norms per response position (log-log)." + (" Right: the index." if idx else ""))]
+    for path, prof in zip(paths, profiles):
+        rows = [(b, n, _fmt(lg, ".4f"), _fmt(pg, ".4g"))
+                for b, n, lg, pg in zip(prof.buckets, prof.positions, prof.logit_grad, prof.param_grad)]
+        parts.append(page.table(("positions", "tokens", "‖∂ℓ/∂logits‖", "‖mean ∇θ ℓ‖"), rows, numeric=range(1, 4),
+                                caption=f"{page.rel(path)}: {prof.model}, {prof.records} records, block {prof.layer}"))
     parts.append("</section>")
     return "\n".join(parts)
 

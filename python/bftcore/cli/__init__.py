@@ -10,7 +10,8 @@ One module per command group; none loads a model itself, each calls one library 
 
     toy.py       toy build, toy check          bftcore.toy
     demo.py      demo                          bftcore.demo
-    index.py     score, index, merge, inspect  bftcore.pipeline, bftcore.index
+    index.py     score, index, merge, inspect,  bftcore.pipeline, bftcore.index,
+                 gradient                      bftcore.gradient
     attack.py    attack                        bftcore.backends.open_target, bftcore.attack
     judge.py     judge                         bftcore.judge
     complete.py  complete                      bftcore.complete.harden
@@ -33,7 +34,7 @@ from bftcore.cli.common import err
 from bftcore.cli.complete import complete
 from bftcore.cli.demo import demo
 from bftcore.cli.export import export_cmd
-from bftcore.cli.index import index_cmd, inspect, merge_cmd, score
+from bftcore.cli.index import gradient, index_cmd, inspect, merge_cmd, score
 from bftcore.cli.judge import judge_cmd
 from bftcore.cli.models import models
 from bftcore.cli.report import report
@@ -71,7 +72,7 @@ def cli(allow_pickle: bool) -> None:
         models.ALLOW_PICKLE = True
 
 
-for _command in (toy, demo, score, index_cmd, merge_cmd, inspect, attack, judge_cmd, complete, export_cmd, report, models):
+for _command in (toy, demo, score, index_cmd, merge_cmd, inspect, gradient, attack, judge_cmd, complete, export_cmd, report, models):
     cli.add_command(_command)
 
 

@@ -231,6 +231,17 @@ def comparison_table(rows: list[Any], models: list[str], title: str) -> Table:
     return table
 
 
+def gradient_table(profile: Any) -> Table:
+    """The safety gradient per position bucket (`bftcore.gradient.GradientProfile`)."""
+    table = Table(title=f"safety SFT gradient of {profile.model} ({profile.records} records; parameters of block "
+                        f"{profile.layer})", title_justify="left")
+    for col in ("positions", "tokens", "‖∂ℓ/∂logits‖", "‖mean ∇θ ℓ‖"):
+        table.add_column(col, justify="right")
+    for b, n, lg, pg in zip(profile.buckets, profile.positions, profile.logit_grad, profile.param_grad):
+        table.add_row(b, str(n), "-" if lg is None else f"{lg:.4f}", "-" if pg is None else f"{pg:.4g}")
+    return table
+
+
 # the continuous measures a table shows, and how a value prints
 _MEASURE_FORMATS = {"perplexity": "{:.3f}", "kl-to-aligned": "{:.2g}", "refusal-margin": "{:+.2f}",
                     "reference-rank": "{:.1f}", "refusal-skipped": "{:.3f}", "oracle-forced": "{:.3f}",

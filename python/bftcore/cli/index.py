@@ -1,4 +1,5 @@
-"""`bftcore score`, `index`, `merge` and `inspect`: thin calls of `bftcore.pipeline` and `bftcore.index`."""
+"""`bftcore score`, `index`, `merge`, `inspect` and `gradient`: thin calls of `bftcore.pipeline`,
+`bftcore.index` and `bftcore.gradient`."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from bftcore.cli.common import (
     bucket_table,
     console,
     corpus_options,
+    dtype_option,
     emit_json,
+    gradient_table,
     print_read,
     progress_bars,
     scoring_options,
+    thinking_option,
     top_tokens_table,
 )
 from bftcore.errors import BadInput
@@ -182,3 +186,70 @@ def _index_tokenizer(idx: Any, tokenizer: str | None) -> Any:
         raise BadInput(f"{path}: its tokenizer does not match the index's "
                        f"(hash {tokenizer_hash(tok)} vs {idx.header['tokenizer_hash']})")
     return tok
+
+
+@click.command()
+@click.argument("model")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="The safety set: prompts with the targets safety training teaches (e.g. refusals); repeatable.")
+@click.option("--layer", type=click.IntRange(min=0), help="Transformer block whose parameter gradient is measured "
+                                                         "(default: the middle one).")
+@click.option("--max-positions", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Response positions measured per record.")
+@click.option("--param-positions", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Positions with a parameter gradient (one backward pass each per batch; 0: logits only).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N records.")
+@click.option("--index", "index_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An index (.bfti) whose R_t and KL the plot shows beside the gradient.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the plot (PNG).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the profile as JSON (a run directory's gradient.json is shown by `bftcore report`).")
+@click.option("--name", help="Model name in the profile (default: the directory's name).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@dtype_option("Gradients are taken in that type; norms are summed in float32.")
+@thinking_option
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as one JSON object.")
+@corpus_options
+def gradient(model: str, data: tuple[Path, ...], layer: int | None, max_positions: int, param_positions: int,
+             batch_size: int, limit: int | None, index_path: Path | None, plot: Path | None, out: Path | None,
+             name: str | None, device: str, dtype: str, thinking: bool, as_json: bool, read: Any) -> None:
+    """Measure how much gradient safety training sends to each response position.
+
+    For each record (a prompt and its safety target) the cross-entropy of each target token is the
+    safety SFT loss; per response position it reports ||d loss_t / d logits_t|| (closed form) and
+    the norm of the batch's mean gradient of loss_t on one block's parameters, per position bucket.
+    A signal that decays with position where an index's retention R_t stays high is the paper's
+    "position-dependent gradient weakening".
+
+    \b
+    Example:
+      bftcore gradient base/ --data refusals.jsonl --index corpus.bfti --plot gradient.png --out run/gradient.json
+    """
+    from bftcore import index as bfti
+    from bftcore.corpus import read_corpus
+    from bftcore.files import atomic_write_json
+    from bftcore.gradient import GradientConfig, plot_gradient, safety_gradient
+    from bftcore.models import load_model, load_tokenizer, resolve_device
+    from bftcore.precision import resolve_dtype, torch_dtype
+
+    idx = bfti.Index(index_path) if index_path else None
+    records = read_corpus(data, read)[0][:limit]
+    dev = resolve_device(device)
+    m = load_model(model, device=dev, dtype=torch_dtype(resolve_dtype(dtype, str(dev))))
+    cfg = GradientConfig(max_positions=max_positions, param_positions=param_positions, layer=layer,
+                         batch_size=batch_size, thinking=thinking)
+    with progress_bars() as bar:
+        profile = safety_gradient(m, load_tokenizer(model), records, cfg,
+                                  name=name or Path(model).resolve().name, progress=bar)
+    if out:
+        atomic_write_json(out, profile.to_dict())
+    if plot:
+        plot_gradient([profile], plot, idx)
+    if as_json:
+        emit_json(profile.to_dict())
+        return
+    console.print(gradient_table(profile))
+    for path in (out, plot):
+        if path:
+            console.print(f"wrote {path}")
