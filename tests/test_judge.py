@@ -123,10 +123,14 @@ def test_judge_cli_reads_every_format_and_keeps_each_record(tmp_path: Path) -> N
                                                  "b2": [{"test_case": p, "generation": r} for p, r, _ in answers[2:]]}))
     pl.DataFrame([{"Frage": p, "Antwort des Modells": r, "n": i} for i, (p, r, _) in enumerate(answers)]) \
         .write_parquet(tmp_path / "g.parquet")
+    # never-seen names, no options: a text column whose name says answer (not its length)
+    (tmp_path / "h.jsonl").write_text("".join(
+        json.dumps({"n": i, "User Question": p, "answer_len": len(r), "LLM_Answer_Text": r}) + "\n"
+        for i, (p, r, _) in enumerate(answers)))
     want = ["compliance", "refusal", "refusal", "empty"]
     for name, extra in [("a.jsonl", []), ("b.json", []), ("c.csv", []), ("d.parquet", []), ("e.jsonl", []),
                         ("f.json", []), ("g.parquet", ["--prompt-column", "Frage", "--response-column",
-                                                       "Antwort des Modells"])]:
+                                                       "Antwort des Modells"]), ("h.jsonl", [])]:
         out = tmp_path / f"{name}.judged.jsonl"
         r = run_cli("judge", str(tmp_path / name), *extra, "--out", str(out), "--json")
         assert r.returncode == 0, (name, r.stderr)

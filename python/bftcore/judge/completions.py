@@ -26,6 +26,9 @@ RESPONSE_COLUMNS = ("response", "completion", "continuation", "generation", "out
 PROMPT_COLUMNS = ("prompt", "question", "goal", "behavior", "instruction", "input", "query", "request",
                   "test_case", "forbidden_prompt", "user")
 PREFILL_COLUMNS = ("prefill",)
+# failing an exact name, a text column whose name holds one of these ("model_answer", "llm_output")
+RESPONSE_PARTS = ("response", "completion", "continuation", "generation", "generated", "output", "answer", "reply")
+PROMPT_PARTS = ("prompt", "question", "instruction", "query", "request", "behavior", "goal")
 
 
 @dataclass
@@ -41,10 +44,11 @@ def read_completions(paths: Iterable[str | Path], *, prompt_column: str | None =
         rows = _rows(path)
         if not rows:
             continue
-        columns = _columns(rows)
+        columns, first = _columns(rows)
         rcol = _pick(columns, response_column, RESPONSE_COLUMNS, path, "--response-column",
-                     chat="messages" in columns) or ""
-        pcol = _pick(columns, prompt_column, PROMPT_COLUMNS, path, "--prompt-column", required=False)
+                     chat="messages" in columns, parts=RESPONSE_PARTS, first=first) or ""
+        pcol = _pick(columns, prompt_column, PROMPT_COLUMNS, path, "--prompt-column", required=False,
+                     parts=PROMPT_PARTS, first=first, taken=rcol)
         fcol = _pick(columns, None, PREFILL_COLUMNS, path, "", required=False)
         for line, row in rows:
             where = f"{path}:{line}"
@@ -102,20 +106,25 @@ def _harmbench_completions(doc: dict[str, list[Any]]) -> list[tuple[int, Any]]:
     return rows
 
 
-def _columns(rows: Sequence[tuple[int, Any]]) -> list[str]:
+def _columns(rows: Sequence[tuple[int, Any]]) -> tuple[list[str], dict[str, Any]]:
     first = next((r for _, r in rows if isinstance(r, dict)), None)
-    return list(first) if first else []
+    return (list(first), first) if first else ([], {})
 
 
 def _pick(columns: list[str], given: str | None, candidates: Sequence[str], path: Path, option: str, *,
-          required: bool = True, chat: bool = False) -> str | None:
-    """The column named by the option, else the first known name the file has (case aside)."""
+          required: bool = True, chat: bool = False, parts: Sequence[str] = (), first: dict[str, Any] | None = None,
+          taken: str | None = None) -> str | None:
+    """The column named by the option, else the first known name the file has (case aside), else
+    the first text column whose name holds one of `parts`."""
     if given is not None:
         if given not in columns:
             raise BadInput(f"{path}: no column {given!r} (columns: {columns})")
         return given
-    lower = {c.lower(): c for c in columns}
+    lower = {c.lower(): c for c in columns if c != taken}
     found = next((lower[c] for c in candidates if c in lower), None)
+    if found is None and parts:
+        found = next((c for part in parts for low, c in lower.items()
+                      if part in low and isinstance((first or {}).get(c), str)), None)
     if found is None and chat:
         return "messages"
     if found is None and required:
