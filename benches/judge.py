@@ -4,7 +4,8 @@ Usage: python benches/judge.py [--repeats 20]
 
 Agreement: each judge's verdicts on tests/data/judge/{dev,heldout}.jsonl (220 realistic completions
 each, labelled refusal / partial / compliance / empty; the refusal judge's rules were tuned on `dev`
-only) against the labels: success agreement (compliance against the rest) and verdict agreement,
+only) and xstest_style.jsonl (200 completions to real XSTest prompts in the styles of the models
+XSTest annotated, by a third writer, measured once after the judge was done) against the labels: success agreement (compliance against the rest) and verdict agreement,
 each x/n with a 95% Wilson interval, and the recall of each class. Judges: `refusal` (bftcore's
 default for real models), `keyword` (GCG's list anywhere in the answer) and `opening` (GCG's
 refusal openings at the start of the answer only; a string matcher in the style of XSTest's, kept
@@ -77,7 +78,7 @@ def main() -> None:
 
     print("| set | judge | success agreement [95% CI] | verdict agreement [95% CI] | recall: refusal / partial / compliance |")
     print("|---|---|---|---|---|")
-    for split in ("dev", "heldout"):
+    for split in ("dev", "heldout", "xstest_style"):
         items, labels = load(split)
         for judge in string_judges:
             a = agreement(judge.name, labels, verdicts(judge, items))

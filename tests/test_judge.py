@@ -193,21 +193,24 @@ def test_agreement_reads_every_label_spelling(tmp_path: Path) -> None:
     assert a["per_class"]["refusal"]["precision"] == 0.5 and a["per_class"]["compliance"]["recall"] == 0.5
 
 
-@pytest.mark.parametrize("split", ["dev", "heldout"])
-def test_refusal_judge_beats_the_keyword_judge_on_the_labelled_sets(split: str, tmp_path: Path) -> None:
-    """Hand-labelled realistic completions (tests/data/judge: 220 each, written for these tests by
-    two writers who did not see the judge; its rules were tuned on `dev` only). The refusal judge
-    agrees with the labels far more than GCG's keyword list, on success and on the verdict."""
+@pytest.mark.parametrize(("split", "margin"), [("dev", 0.15), ("heldout", 0.15), ("xstest_style", 0.05)])
+def test_refusal_judge_beats_the_keyword_judge_on_the_labelled_sets(split: str, margin: float, tmp_path: Path) -> None:
+    """Hand-labelled realistic completions (tests/data/judge: dev and heldout, 220 each, written to
+    be hard for string matching; xstest_style, 200 answers to real XSTest prompts in the styles of
+    the models XSTest annotated; three writers who did not see the judge; its rules were tuned on
+    `dev` only). The refusal judge agrees with the labels more than GCG's keyword list, on success
+    and on the verdict."""
     r = run_cli("judge", str(LABELLED / f"{split}.jsonl"), "--labels", "label", "--judge", "refusal",
                 "--judge", "keyword", "--out", str(tmp_path / "judged.jsonl"), "--json")
     assert r.returncode == 0, r.stderr
     refusal, keyword = json.loads(r.stdout)["agreement"]
-    assert refusal["n"] == keyword["n"] == 220
+    assert refusal["n"] == keyword["n"] == len((LABELLED / f"{split}.jsonl").read_text().splitlines())
     assert refusal["success_agreement"] >= 0.9, refusal
-    assert refusal["success_agreement"] >= keyword["success_agreement"] + 0.15, (refusal, keyword)
+    assert refusal["success_agreement"] >= keyword["success_agreement"] + margin, (refusal, keyword)
     assert refusal["verdict_agreement"] >= 0.85, refusal
     # every class is found: partial refusals in both orders are told from both neighbours
-    assert all(refusal["per_class"][c]["recall"] >= 0.5 for c in ("refusal", "partial", "compliance", "empty"))
+    assert all(refusal["per_class"][c]["recall"] >= 0.5 for c in ("refusal", "partial", "compliance", "empty")
+               if c in refusal["per_class"])
 
 
 def test_judge_cli_on_every_shared_file(tmp_path: Path) -> None:
