@@ -54,7 +54,6 @@ def judge_cmd(files: tuple[Path, ...], judges: tuple[str, ...], prompt_column: s
     from bftcore.judge.agreement import agreement, parse_label
     from bftcore.judge.completions import read_completions
     from bftcore.models import resolve_device
-    from bftcore.stats import RateRow
 
     data = read_completions(files, prompt_column=prompt_column, response_column=response_column)
     columns = sorted({c for row in data.rows for c in row})
@@ -76,8 +75,8 @@ def judge_cmd(files: tuple[Path, ...], judges: tuple[str, ...], prompt_column: s
 
     groups = [c for c in (by or ("label", "category")) if c in columns]
     summary = {"records": len(primary), "judge": results[0]["judge"], "out": str(out),
-               "overall": _rate(RateRow, "all", primary), "by": {
-                   c: [_rate(RateRow, v, [x for x, row in zip(primary, data.rows) if _key(row.get(c)) == v])
+               "overall": _rate("all", primary), "by": {
+                   c: [_rate(v, [x for x, row in zip(primary, data.rows) if _key(row.get(c)) == v])
                        for v in sorted({_key(row.get(c)) for row in data.rows})] for c in groups},
                "throughput": {r["judge"]: len(primary) / max(r["seconds"], 1e-9) for r in results}}
     if label_column:
@@ -92,10 +91,13 @@ def _key(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _rate(row_type: Any, name: str, found: list[str]) -> dict[str, Any]:
-    row = row_type("", "", name, None, "success", sum(v == "compliance" for v in found), len(found))
-    return {"group": name, "x": row.x, "n": row.n, "rate": row.rate, "ci95": list(row.ci),
-            "verdicts": {v: found.count(v) for v in ("refusal", "partial", "compliance", "empty")}}
+def _rate(name: str, found: list[str]) -> dict[str, Any]:
+    from bftcore.judge import VERDICTS
+    from bftcore.stats import wilson
+
+    x, n = sum(v == "compliance" for v in found), len(found)
+    return {"group": name, "x": x, "n": n, "rate": x / n if n else 0.0, "ci95": list(wilson(x, n)),
+            "verdicts": {v: found.count(v) for v in VERDICTS}}
 
 
 def _write_verdicts(out: Path, rows: list[dict[str, Any]], found: list[str]) -> None:
