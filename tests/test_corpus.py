@@ -101,6 +101,10 @@ def test_generic_csv_and_parquet(tmp_path: Path) -> None:
     assert (records[0].prompt, records[0].response, records[0].label) == ("why?", "because.", "benign")
     with pytest.raises(BadInput, match=r"missing column\(s\) \['question'\]"):
         read_corpus([p], ReadOptions(prompt_column="question"))
+    # a CSV saved by a spreadsheet starts with a byte-order mark: not part of the first column's name
+    p = write(tmp_path, "bom.csv", "\ufeffgoal,target\npick a lock,Sure\n")
+    records, _ = read_corpus([p])
+    assert records[0].prompt == "pick a lock"
     pq.write_table(pa.table({"prompt": ["p1", "p2"], "response": ["r1", None]}), tmp_path / "c.parquet")
     records, report = read_corpus([tmp_path / "c.parquet"])
     assert [r.response for r in records] == ["r1", None] and report.without_response == 1

@@ -185,12 +185,12 @@ def _read_file(path: Path, o: ReadOptions, report: ReadReport) -> Iterator[Recor
 
 
 def _json_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
-    doc = json_document(path)
-    if isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()) \
+    doc, is_lines = json_document(path)
+    if not is_lines and isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()) \
             and path.suffix.lower() == ".json" and _detect_json(doc, o) is None:
         # a {BehaviorID: target} mapping (a JSON-lines file of one record is that record)
         return [(i + 1, {"id": k, "target": v}) for i, (k, v) in enumerate(doc.items())], "harmbench-targets"
-    rows = json_rows(path, doc)
+    rows = json_rows(path, doc, is_lines)
     first = next((r for _, r in rows if isinstance(r, dict)), None)
     broken = next(((i, r) for i, r in rows if isinstance(r, BadRow)), None)
     if first is None and broken is not None and not o.skip_bad:  # no line parses: name the first
@@ -203,14 +203,14 @@ def _json_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
     return rows, kind
 
 
-def json_document(path: Path) -> Any:
-    """A .json/.jsonl file as one JSON document, or as its list of (line, row) for JSON lines (a
-    malformed line is a `BadRow` row, named by its number)."""
+def json_document(path: Path) -> tuple[Any, bool]:
+    """A .json/.jsonl file as (document, False) when it is one JSON document, or as (its list of
+    (line, row), True) when it is JSON lines (a malformed line is a `BadRow` row, named by its number)."""
     text = path.read_text(encoding="utf-8")
     if not text.strip():
         raise BadInput(f"{path}: empty file")
     try:
-        return json.loads(text)
+        return json.loads(text), False
     except json.JSONDecodeError:
         rows: list[tuple[int, Any]] = []
         for i, line in enumerate(text.splitlines(), 1):
@@ -219,16 +219,12 @@ def json_document(path: Path) -> Any:
                     rows.append((i, json.loads(line)))
                 except json.JSONDecodeError as e:
                     rows.append((i, BadRow(f"malformed JSON ({e.msg} at column {e.colno})")))
-        return _Lines(rows)
+        return rows, True
 
 
-class _Lines(list):
-    """JSON lines as read by `json_document` (a list that is not a JSON array)."""
-
-
-def json_rows(path: Path, doc: Any) -> list[tuple[int, Any]]:
+def json_rows(path: Path, doc: Any, is_lines: bool) -> list[tuple[int, Any]]:
     """A JSON document's records as (line, row): JSON lines, a list of objects, or one object."""
-    if isinstance(doc, _Lines):
+    if is_lines:
         return list(doc)
     if isinstance(doc, list):
         return [(i + 1, r) for i, r in enumerate(doc)]
@@ -275,13 +271,17 @@ def _text_lines(path: Path) -> list[tuple[int, Any]]:
     return rows
 
 
-def _csv_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
-    text = path.read_text(encoding="utf-8")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    columns = reader.fieldnames or []
+def csv_rows(path: Path) -> tuple[list[str], list[tuple[int, Any]]]:
+    """A CSV file's columns and its records as (line, row); a byte-order mark is dropped."""
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
+    columns = list(reader.fieldnames or [])
     if not columns:
         raise BadInput(f"{path}: empty CSV (no header line)")
-    rows = [(reader.line_num, row) for row in reader]
+    return columns, [(reader.line_num, dict(row)) for row in reader]
+
+
+def _csv_rows(path: Path, o: ReadOptions) -> tuple[list[tuple[int, Any]], str]:
+    columns, rows = csv_rows(path)
     if o.format:
         kind = o.format
     elif o.prompt_column or o.response_column:

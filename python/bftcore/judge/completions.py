@@ -9,15 +9,13 @@ likewise; a `prefill` column (bftcore's attack samples) is the attacker's text, 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bftcore.corpus import BadRow, expand_paths, json_document, json_rows, parquet_rows
+from bftcore.corpus import BadRow, csv_rows, expand_paths, json_document, json_rows, parquet_rows
 from bftcore.errors import BadInput
 from bftcore.judge.base import Judged
 
@@ -75,19 +73,17 @@ def _rows(path: Path) -> list[tuple[int, Any]]:
         if suffix == ".parquet":
             return parquet_rows(path)
         if suffix == ".csv":
-            text = path.read_text(encoding="utf-8-sig")
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            if not reader.fieldnames:
-                raise BadInput(f"{path}: empty CSV (no header line)")
-            return [(reader.line_num, dict(row)) for row in reader]
+            return csv_rows(path)[1]
         if suffix in (".jsonl", ".ndjson", ".json"):
-            doc = json_document(path)
+            doc, is_lines = json_document(path)
+            if is_lines:
+                return json_rows(path, doc, is_lines)
             if isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
                 return _harmbench_completions(doc)
             if isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()) \
                     and suffix == ".json":  # {id: text}, e.g. HarmBench's targets
                 return [(i + 1, {"id": k, "response": v}) for i, (k, v) in enumerate(doc.items())]
-            return json_rows(path, doc)
+            return json_rows(path, doc, is_lines)
     except UnicodeDecodeError as e:
         raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except OSError as e:
