@@ -163,23 +163,22 @@ def _profile(name: str, layer: int, records: int, logit_sum: np.ndarray, logit_n
     buckets = bucket_index(np.arange(1, T + 1))
     labels = bucket_labels()
     used = sorted({int(b) for b in buckets[logit_n > 0]})
-
-    def mean(s: np.ndarray, n: np.ndarray, sel: Any) -> float | None:
-        return float(s[sel].sum() / n[sel].sum()) if n[sel].sum() else None
-
     per_pos_logit = [float(s / n) if n else None for s, n in zip(logit_sum, logit_n)]
     per_pos_param = [float(s / n) if n else None for s, n in zip(param_sum, param_n)]
-    # a bucket's parameter figure averages the per-position figures it holds
+    # a bucket's logit figure is over every (record, position) it holds; its parameter figure
+    # averages the per-position figures (each a mean over batches)
+    param_mean = np.divide(param_sum, param_n, out=np.zeros(T), where=param_n > 0)
     return GradientProfile(
         name, layer, records, [labels[b] for b in used], [int(logit_n[buckets == b].sum()) for b in used],
-        [mean(logit_sum, logit_n, buckets == b) for b in used],
-        [_mean([per_pos_param[i] for i in np.flatnonzero(buckets == b)]) for b in used],
+        [_weighted_mean(logit_sum, logit_n, buckets == b) for b in used],
+        [_weighted_mean(param_mean, param_n > 0, buckets == b) for b in used],
         {"logit_grad": per_pos_logit, "param_grad": per_pos_param})
 
 
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
+def _weighted_mean(sums: np.ndarray, counts: np.ndarray, sel: np.ndarray) -> float | None:
+    """sum(sums[sel]) / sum(counts[sel]); None where the selection holds no count."""
+    n = counts[sel].sum()
+    return float(sums[sel].sum() / n) if n else None
 
 
 def plot_gradient(profiles: Sequence[GradientProfile], path: str | Path, index: Any = None,
