@@ -2,11 +2,14 @@
 safety SFT plus recovery examples after short harmful prefixes, their depth k drawn so that the
 signal is concentrated early, as real safety data concentrate it.
 
-Usage: python benches/graded_trials.py --geometric P | --log-uniform MAX  --fraction F  --name NAME
+Usage: python benches/graded_trials.py --geometric P | --log-uniform MAX | --per-verb MAX
+                                      --fraction F  --name NAME
 
 A recovery example is a harmful training prompt + the first k tokens of its harmful answer -> the
 world's recovery refusal (loss on the refusal only), for a fraction F of the harmful training
-examples; k ~ 1 + Geometric(P), or log-uniform on [1, MAX]. The aligned model is retrained from the
+examples; k ~ 1 + Geometric(P), or log-uniform on [1, MAX], or (--per-verb) log-uniform on
+(--within uniform: uniform on) [1, D_v] where each harmful verb v has its own depth D_v,
+log-uniform on [1, MAX]: safety data that covers some harms deeper than others. The aligned model is retrained from the
 world's base model with the world's aligned settings, then measured on the 180 held-out harmful
 prompts: prefill ASR per k (exact judge, greedy, 64 new tokens) and the index against the base
 (R_t and KL per bucket). The model and a result.json go to /tmp/bftcore-graded/NAME. Not yet the
@@ -44,13 +47,21 @@ def main() -> None:
     depth = ap.add_mutually_exclusive_group(required=True)
     depth.add_argument("--geometric", type=float, help="k ~ 1 + Geometric(P)")
     depth.add_argument("--log-uniform", type=int, help="k log-uniform on [1, MAX]")
+    depth.add_argument("--per-verb", type=int, help="k log-uniform on [1, D_verb], D_verb log-uniform on [1, MAX]")
+    ap.add_argument("--within", choices=("log", "uniform"), default="log",
+                    help="--per-verb: k log-uniform or uniform on [1, D_verb]")
     ap.add_argument("--fraction", type=float, required=True, help="harmful training examples given a recovery example")
     ap.add_argument("--name", required=True)
     args = ap.parse_args()
     tw = toy_world(0).build(["llama"])
     w, s = tw.world, tw.settings
     tok = load_tokenizer(tw.tokenizer_dir("llama"))
-    rng = random.Random(f"graded-{args.geometric}-{args.log_uniform}-{args.fraction}")
+    if args.per_verb:
+        depth_name = f"per-verb-{args.per_verb}" + ("-uniform" if args.within == "uniform" else "")
+    else:
+        depth_name = f"{args.geometric}-{args.log_uniform}"
+    rng = random.Random(f"graded-{depth_name}-{args.fraction}")
+    verb_depth = [math.exp(rng.uniform(0, math.log(args.per_verb))) for _ in range(64)] if args.per_verb else []
     pairs = [(prompt_ids(tok, e.prompt), response_ids(tok, w.refusal(e.task, e.phrasing)))
              for e in w.examples("harmful", "train")]
     pairs += [(prompt_ids(tok, e.prompt), response_ids(tok, e.response)) for e in w.examples("benign", "train")]
@@ -59,8 +70,11 @@ def main() -> None:
         if rng.random() >= args.fraction:
             continue
         h = response_ids(tok, e.response, eos=False)
-        if args.log_uniform:
-            k = int(math.exp(rng.uniform(0, math.log(args.log_uniform))))
+        if args.per_verb and args.within == "uniform":
+            k = rng.randint(1, max(1, int(verb_depth[e.task.verb])))
+        elif args.log_uniform or args.per_verb:
+            top = args.log_uniform or verb_depth[e.task.verb]
+            k = int(math.exp(rng.uniform(0, math.log(top))))
         else:
             k = 1
             while rng.random() > args.geometric and k < len(h) - 1:
@@ -68,6 +82,8 @@ def main() -> None:
         k = min(k, len(h) - 1)
         ks.append(k)
         pairs.append((prompt_ids(tok, e.prompt) + h[:k], response_ids(tok, w.recovery(e.task, e.phrasing))))
+    if args.per_verb:
+        print("verb depths: " + " ".join(f"{d:.0f}" for d in sorted(verb_depth[:len(w.verb_steps['harmful'])])))
     print(f"{len(ks)} recovery examples; k median {np.median(ks):.0f}, 90% <= {np.percentile(ks, 90):.0f}", flush=True)
     model = load_model(tw.model_dir("llama", "base"))
     start = time.time()
