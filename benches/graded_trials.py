@@ -47,9 +47,12 @@ def main() -> None:
     depth = ap.add_mutually_exclusive_group(required=True)
     depth.add_argument("--geometric", type=float, help="k ~ 1 + Geometric(P)")
     depth.add_argument("--log-uniform", type=int, help="k log-uniform on [1, MAX]")
+    depth.add_argument("--uniform", type=int, help="k uniform on [1, MAX]")
     depth.add_argument("--per-verb", type=int, help="k log-uniform on [1, D_verb], D_verb log-uniform on [1, MAX]")
     ap.add_argument("--within", choices=("log", "uniform"), default="log",
                     help="--per-verb: k log-uniform or uniform on [1, D_verb]")
+    ap.add_argument("--weight-tau", type=float,
+                    help="a recovery example's loss weight exp(-(k-1)/TAU): the signal weakens with depth")
     ap.add_argument("--fraction", type=float, required=True, help="harmful training examples given a recovery example")
     ap.add_argument("--name", required=True)
     args = ap.parse_args()
@@ -58,6 +61,8 @@ def main() -> None:
     tok = load_tokenizer(tw.tokenizer_dir("llama"))
     if args.per_verb:
         depth_name = f"per-verb-{args.per_verb}" + ("-uniform" if args.within == "uniform" else "")
+    elif args.uniform:
+        depth_name = f"uniform-{args.uniform}-tau-{args.weight_tau}"
     else:
         depth_name = f"{args.geometric}-{args.log_uniform}"
     rng = random.Random(f"graded-{depth_name}-{args.fraction}")
@@ -65,12 +70,15 @@ def main() -> None:
     pairs = [(prompt_ids(tok, e.prompt), response_ids(tok, w.refusal(e.task, e.phrasing)))
              for e in w.examples("harmful", "train")]
     pairs += [(prompt_ids(tok, e.prompt), response_ids(tok, e.response)) for e in w.examples("benign", "train")]
-    ks = []
+    ks: list[int] = []
+    recovery: list[tuple[list[int], list[int], float]] = []
     for e in w.examples("harmful", "train"):
         if rng.random() >= args.fraction:
             continue
         h = response_ids(tok, e.response, eos=False)
-        if args.per_verb and args.within == "uniform":
+        if args.uniform:
+            k = rng.randint(1, args.uniform)
+        elif args.per_verb and args.within == "uniform":
             k = rng.randint(1, max(1, int(verb_depth[e.task.verb])))
         elif args.log_uniform or args.per_verb:
             top = args.log_uniform or verb_depth[e.task.verb]
@@ -81,13 +89,16 @@ def main() -> None:
                 k += 1
         k = min(k, len(h) - 1)
         ks.append(k)
-        pairs.append((prompt_ids(tok, e.prompt) + h[:k], response_ids(tok, w.recovery(e.task, e.phrasing))))
+        weight = math.exp(-(k - 1) / args.weight_tau) if args.weight_tau else 1.0
+        recovery.append((prompt_ids(tok, e.prompt) + h[:k], response_ids(tok, w.recovery(e.task, e.phrasing)), weight))
     if args.per_verb:
         print("verb depths: " + " ".join(f"{d:.0f}" for d in sorted(verb_depth[:len(w.verb_steps['harmful'])])))
     print(f"{len(ks)} recovery examples; k median {np.median(ks):.0f}, 90% <= {np.percentile(ks, 90):.0f}", flush=True)
     model = load_model(tw.model_dir("llama", "base"))
     start = time.time()
-    train(model, [TrainingSequence.prompt_target(p, r) for p, r in pairs], replace(s.aligned_train, seed=s.seed + 1),
+    examples = [TrainingSequence.prompt_target(p, r) for p, r in pairs]
+    examples += [TrainingSequence(p + r, [0.0] * len(p) + [wt] * len(r)) for p, r, wt in recovery]
+    train(model, examples, replace(s.aligned_train, seed=s.seed + 1),
           pad_id=tok.pad_token_id)
     print(f"trained in {time.time() - start:.0f} s", flush=True)
     out = Path("/tmp/bftcore-graded") / args.name
