@@ -53,6 +53,8 @@ def main() -> None:
                     help="--per-verb: k log-uniform or uniform on [1, D_verb]")
     ap.add_argument("--weight-tau", type=float,
                     help="a recovery example's loss weight exp(-(k-1)/TAU): the signal weakens with depth")
+    ap.add_argument("--inline", action="store_true",
+                    help="the recovery refusal goes on in the same line (a space, not a new line, before it)")
     ap.add_argument("--fraction", type=float, required=True, help="harmful training examples given a recovery example")
     ap.add_argument("--name", required=True)
     args = ap.parse_args()
@@ -65,7 +67,7 @@ def main() -> None:
         depth_name = f"uniform-{args.uniform}-tau-{args.weight_tau}"
     else:
         depth_name = f"{args.geometric}-{args.log_uniform}"
-    rng = random.Random(f"graded-{depth_name}-{args.fraction}")
+    rng = random.Random(f"graded-{depth_name}-{args.fraction}")  # --inline: the same k as without
     verb_depth = [math.exp(rng.uniform(0, math.log(args.per_verb))) for _ in range(64)] if args.per_verb else []
     pairs = [(prompt_ids(tok, e.prompt), response_ids(tok, w.refusal(e.task, e.phrasing)))
              for e in w.examples("harmful", "train")]
@@ -90,7 +92,9 @@ def main() -> None:
         k = min(k, len(h) - 1)
         ks.append(k)
         weight = math.exp(-(k - 1) / args.weight_tau) if args.weight_tau else 1.0
-        recovery.append((prompt_ids(tok, e.prompt) + h[:k], response_ids(tok, w.recovery(e.task, e.phrasing)), weight))
+        text = w.recovery(e.task, e.phrasing)
+        text = " " + text.lstrip("\n") if args.inline else text
+        recovery.append((prompt_ids(tok, e.prompt) + h[:k], response_ids(tok, text), weight))
     if args.per_verb:
         print("verb depths: " + " ".join(f"{d:.0f}" for d in sorted(verb_depth[:len(w.verb_steps['harmful'])])))
     print(f"{len(ks)} recovery examples; k median {np.median(ks):.0f}, 90% <= {np.percentile(ks, 90):.0f}", flush=True)
