@@ -2,18 +2,20 @@
 safety SFT plus recovery examples after short harmful prefixes, their depth k drawn so that the
 signal is concentrated early, as real safety data concentrate it.
 
-Usage: python benches/graded_trials.py --geometric P | --log-uniform MAX | --per-verb MAX
-                                      --fraction F  --name NAME
+Usage: python benches/graded_trials.py (--geometric P | --log-uniform MAX | --uniform MAX |
+           --per-verb MAX [--within uniform]) --fraction F [--weight-tau TAU] [--inline]
+           [--world-seed S] --name NAME
 
 A recovery example is a harmful training prompt + the first k tokens of its harmful answer -> the
 world's recovery refusal (loss on the refusal only), for a fraction F of the harmful training
-examples; k ~ 1 + Geometric(P), or log-uniform on [1, MAX], or (--per-verb) log-uniform on
-(--within uniform: uniform on) [1, D_v] where each harmful verb v has its own depth D_v,
-log-uniform on [1, MAX]: safety data that covers some harms deeper than others. The aligned model is retrained from the
-world's base model with the world's aligned settings, then measured on the 180 held-out harmful
-prompts: prefill ASR per k (exact judge, greedy, 64 new tokens) and the index against the base
-(R_t and KL per bucket). The model and a result.json go to /tmp/bftcore-graded/NAME. Not yet the
-toy world's own recipe: these trials choose it.
+examples. k ~ 1 + Geometric(P); or log-uniform or uniform on [1, MAX]; or (--per-verb) up to a
+depth D_v of each harmful verb, log-uniform on [1, MAX] (safety data that covers some harms deeper
+than others). --weight-tau weakens a recovery example's loss with depth (exp(-(k-1)/TAU)); --inline
+puts the recovery on the same line (a space before it, not a new line). The aligned Llama of world
+seed S (default 0) is retrained from its base with the world's aligned settings, then measured on
+the held-out harmful prompts: prefill ASR per k (exact judge, greedy, 64 new tokens) and the index
+against the base (R_t and KL per bucket). The model and a result.json go to
+/tmp/bftcore-graded/NAME. Not yet the toy world's own recipe: these trials choose it.
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ def main() -> None:
     ap.add_argument("--inline", action="store_true",
                     help="the recovery refusal goes on in the same line (a space, not a new line, before it)")
     ap.add_argument("--fraction", type=float, required=True, help="harmful training examples given a recovery example")
+    ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--name", required=True)
     args = ap.parse_args()
-    tw = toy_world(0).build(["llama"])
+    tw = toy_world(args.world_seed).build(["llama"])
     w, s = tw.world, tw.settings
     tok = load_tokenizer(tw.tokenizer_dir("llama"))
     if args.per_verb:
