@@ -163,16 +163,20 @@ def _profile(name: str, layer: int, records: int, logit_sum: np.ndarray, logit_n
     buckets = bucket_index(np.arange(1, T + 1))
     labels = bucket_labels()
     used = sorted({int(b) for b in buckets[logit_n > 0]})
-    per_pos_logit = [float(s / n) if n else None for s, n in zip(logit_sum, logit_n)]
-    per_pos_param = [float(s / n) if n else None for s, n in zip(param_sum, param_n)]
+    logit_mean = np.divide(logit_sum, logit_n, out=np.zeros(T), where=logit_n > 0)
+    param_mean = np.divide(param_sum, param_n, out=np.zeros(T), where=param_n > 0)
     # a bucket's logit figure is over every (record, position) it holds; its parameter figure
     # averages the per-position figures (each a mean over batches)
-    param_mean = np.divide(param_sum, param_n, out=np.zeros(T), where=param_n > 0)
     return GradientProfile(
         name, layer, records, [labels[b] for b in used], [int(logit_n[buckets == b].sum()) for b in used],
         [_weighted_mean(logit_sum, logit_n, buckets == b) for b in used],
         [_weighted_mean(param_mean, param_n > 0, buckets == b) for b in used],
-        {"logit_grad": per_pos_logit, "param_grad": per_pos_param})
+        {"logit_grad": _or_none(logit_mean, logit_n), "param_grad": _or_none(param_mean, param_n)})
+
+
+def _or_none(means: np.ndarray, counts: np.ndarray) -> list[float | None]:
+    """Per-position means as a JSON list, None where a position holds nothing."""
+    return [float(m) if n else None for m, n in zip(means, counts)]
 
 
 def _weighted_mean(sums: np.ndarray, counts: np.ndarray, sel: np.ndarray) -> float | None:

@@ -76,13 +76,12 @@ def _rows(path: Path) -> list[tuple[int, Any]]:
             return csv_rows(path)[1]
         if suffix in (".jsonl", ".ndjson", ".json"):
             doc, is_lines = json_document(path)
-            if is_lines:
-                return json_rows(path, doc, is_lines)
-            if isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
-                return _harmbench_completions(doc)
-            if isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()) \
-                    and suffix == ".json":  # {id: text}, e.g. HarmBench's targets
-                return [(i + 1, {"id": k, "response": v}) for i, (k, v) in enumerate(doc.items())]
+            if not is_lines and isinstance(doc, dict) and doc:
+                if all(isinstance(v, list) for v in doc.values()):
+                    return _harmbench_completions(doc)
+                if all(isinstance(v, str) for v in doc.values()) and suffix == ".json":
+                    # {id: text}, e.g. HarmBench's targets
+                    return [(i + 1, {"id": k, "response": v}) for i, (k, v) in enumerate(doc.items())]
             return json_rows(path, doc, is_lines)
     except UnicodeDecodeError as e:
         raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
