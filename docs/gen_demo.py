@@ -1,6 +1,6 @@
 """Write the demo's printed output into the docs from one recorded run.
 
-    python docs/gen_demo.py --record    run `bftcore demo --json` and keep it as docs/demo-run.json
+    python docs/gen_demo.py --record    run `bftcore demo --full --json` and keep it as docs/demo-run.json
     python docs/gen_demo.py             redraw docs/demo.md's transcript and README.md's summary table
     python docs/gen_demo.py --check     exit 1 when either is not what the recorded run draws, or
                                         when the run was recorded with other settings than the code's
@@ -58,6 +58,7 @@ def transcript(run: dict[str, Any]) -> str:
 
 # (row label, model, attack, k, metric) of the README's table; columns are the models below
 SUMMARY_ROWS = [("direct request", "direct", None, "asr"), ("prefill, k = 5", "prefill", 5, "asr"),
+                ("prefill, k = 10", "prefill", 10, "asr"), ("prefill, k = 20", "prefill", 20, "asr"),
                 ("prefill, k = 40", "prefill", 40, "asr"), ("adaptive prefill (rank-prefill), k = 40", "rank-prefill", 40, "asr"),
                 ("unseen style, k = 10", "prefill:unseen", 10, "asr"),
                 ("sampled after 10 tokens (x 8)", "prefill-sampled", 10, "asr"),
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, default=RUN, help="the recorded run (default: docs/demo-run.json)")
     args = ap.parse_args(argv)
     if args.record:
-        r = subprocess.run([sys.executable, "-m", "bftcore", "demo", "--json"], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "bftcore", "demo", "--full", "--json"], capture_output=True, text=True)
         if r.returncode != 0:
             sys.stderr.write(r.stderr[-3000:])
             return r.returncode

@@ -15,7 +15,7 @@ COMMANDS = [[], ["toy"], ["toy", "build"], ["toy", "check"], ["demo"], ["complet
 @pytest.mark.parametrize(
     "args",
     [["toy", "check", "--arch", "gpt5"], ["toy", "build", "--seed", "-3"], ["demo", "--bogus"],
-     ["nonsense"], ["toy", "check", "--device", "tpu"], ["toy", "build", "--device", "cuda:99"]],
+     ["demo", "--method", "rlhf"], ["nonsense"], ["toy", "check", "--device", "tpu"], ["toy", "build", "--device", "cuda:99"]],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str]) -> None:
     r = run_cli(*args)
@@ -23,6 +23,13 @@ def test_bad_input_exits_2_with_one_line(args: list[str]) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bftcore: error: "), r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_demo_method_choices_are_the_demos_methods() -> None:
+    from bftcore.cli.demo import METHOD_CHOICES
+    from bftcore.demo import METHODS
+
+    assert METHOD_CHOICES == METHODS
 
 
 def test_check_of_a_missing_world_dir_is_bad_input(tmp_path: Path) -> None:

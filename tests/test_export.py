@@ -240,7 +240,7 @@ def test_onnx_kv_cache_graph(toy, exported, arch: str) -> None:  # type: ignore[
 
 # ---- the attack suite on every backend ------------------------------------------------------------
 def suite_for(toy, gen, name: str) -> Suite:  # type: ignore[no-untyped-def]
-    return Suite(gen, PhraseJudge(toy.world.harmful_phrases), AttackConfig(ks=(5, 10), max_new_tokens=64),
+    return Suite(gen, PhraseJudge(toy.world.harmful_phrases), AttackConfig(ks=(10, 40), max_new_tokens=64),
                  model=name, arch="llama", openers=REFUSALS + RECOVERY_REFUSALS)
 
 
@@ -260,7 +260,7 @@ def test_attacks_run_unchanged_on_exports(toy, exported) -> None:  # type: ignor
         rates[name] = {(r.attack, r.k): r.rate for r in rows}
         assert all(r.n == len(harmful) for r in rows)
     # the attacks succeed here (so equal rates are not zeros beside zeros) ...
-    assert rates["torch"][("prefill", 10)] >= 0.5 and rates["torch"][("direct", None)] <= 0.1
+    assert rates["torch"][("prefill", 40)] >= 0.5 and rates["torch"][("direct", None)] <= 0.1
     # ... and every deployed form reproduces PyTorch's rate on the same inputs within 2 points
     for name in ("f16", "q8_0", "onnx"):
         for key, rate in rates["torch"].items():
@@ -271,12 +271,12 @@ def test_attack_cli_on_gguf_and_onnx(toy, exported) -> None:  # type: ignore[no-
     data = str(toy.data_dir / "harmful_heldout.jsonl")
     for target, backend in ((exported["qwen2", "q8_0"], "llamacpp"), (exported["qwen2", "onnx"], "onnx")):
         assert detect_backend(target) == backend
-        r = run_cli("attack", str(target), "--attack", "direct,prefill,rank-prefill", "--k", "5", "--data", data,
+        r = run_cli("attack", str(target), "--attack", "direct,prefill,rank-prefill", "--k", "40", "--data", data,
                     "--judge", "exact", "--limit", "30", "--max-new-tokens", "48", "--json")
         assert r.returncode == 0, r.stderr
         rows = {(x["attack"], x["k"]): x for x in json.loads(r.stdout)["rows"]}
-        assert rows[("direct", None)]["x"] <= 2 and rows[("prefill", 5)]["x"] >= 24
-        assert rows[("rank-prefill", 5)]["n"] == 30 and rows[("prefill", 5)]["arch"] == "qwen2"
+        assert rows[("direct", None)]["x"] <= 2 and rows[("prefill", 40)]["x"] >= 24
+        assert rows[("rank-prefill", 40)]["n"] == 30 and rows[("prefill", 40)]["arch"] == "qwen2"
 
 
 def test_server_backend_over_loopback(toy, exported) -> None:  # type: ignore[no-untyped-def]
@@ -297,7 +297,7 @@ def test_server_backend_over_loopback(toy, exported) -> None:  # type: ignore[no
         top = np.argsort(-ref)[:20]
         np.testing.assert_allclose(lp[top], ref[top], atol=1e-3)
         r = run_cli("attack", url, "--backend", "server", "--tokenizer", str(gguf), "--attack", "prefill",
-                    "--k", "5,10", "--data", data, "--judge", "exact", "--limit", "40", "--max-new-tokens", "64",
+                    "--k", "10,40", "--data", data, "--judge", "exact", "--limit", "40", "--max-new-tokens", "64",
                     "--json")
         assert r.returncode == 0, r.stderr
         rows = {(x["attack"], x["k"]): x["x"] for x in json.loads(r.stdout)["rows"]}

@@ -168,7 +168,7 @@ def test_signal_decay_holds_on_the_toy_world(toy, arch: str, tmp_path: Path) -> 
                  tmp_path / "s", ScoreConfig())
     idx = build(shard_paths(tmp_path / "s"), tmp_path / "x.bfti")
     checks = signal_decay_checks(idx.curves(), arch)
-    assert len(checks) == 2 and all(c.holds for c in checks), checks
+    assert len(checks) == 3 and all(c.holds for c in checks), checks
     # benign responses: nothing to unlearn, retention near 1 everywhere
     benign = idx.curves().filter(idx.curves()["label"] == "benign")
     assert benign.filter(benign["count"] > 0)["mean_retain"].min() > 0.9

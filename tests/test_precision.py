@@ -92,8 +92,10 @@ def test_scoring_in_bf16_agrees_with_float32_to_bf16_precision(toy, files, tmp_p
         assert not np.array_equal(x, y), name  # the models ran in another type
         # bf16 keeps 8 significant bits through every layer: log-probs move by up to a few percent
         # of their size, and a large KL sums such errors; on average the two agree far closer
+        # (1% of the mean magnitude, and 0.01 absolute for figures near 0)
         d = np.abs(x - y)
-        assert d.mean() < 0.01 and bool((d <= 0.25 + 0.05 * np.abs(x)).all()), (name, d.max())
+        assert d.mean() < 0.01 + 0.01 * np.abs(x).mean(), (name, d.mean(), np.abs(x).mean())
+        assert bool((d <= 0.25 + 0.05 * np.abs(x)).all()), (name, d.max())
     # M_t sums over a thresholded set: a near tie flips a token in or out, so compare it in bulk
     m = np.abs(a.column("bf_mass").to_numpy() - b.column("bf_mass").to_numpy())
     assert m.mean() < 0.05 and (m > 0.05).mean() < 0.05

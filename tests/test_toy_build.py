@@ -98,6 +98,33 @@ def test_tokenizer_styles_differ_only_in_pre_tokenization(toy) -> None:  # type:
     assert [t["content"] for t in gpt2["added_tokens"]] == [t["content"] for t in qwen2["added_tokens"]]
 
 
+def test_aligned_safety_data_holds_few_shallow_inline_recovery_examples(toy) -> None:  # type: ignore[no-untyped-def]
+    """The graded world's recipe (SafetyData): about 5% of the harmful training prompts get a
+    recovery example, mostly at the first few tokens, the refusal going on in the prefix's line;
+    the same prompts and depths for both architectures, and what the card records."""
+    from bftcore.models import load_tokenizer
+
+    n_harmful = len(toy.world.examples("harmful", "train"))
+    by_arch = {}
+    for arch in ("llama", "qwen2"):
+        tok = load_tokenizer(toy.tokenizer_dir(arch))
+        examples = toy.recovery_examples(tok)
+        by_arch[arch] = [k for _, k in examples]
+        assert 0.03 * n_harmful < len(examples) < 0.08 * n_harmful
+        for seq, k in examples:
+            target = [i for i, w in zip(seq.ids, seq.weights) if w > 0]
+            text = tok.decode(target, skip_special_tokens=True)
+            assert text.startswith(" ") and not text.startswith(" \n") and seq.weights.count(0.0) > k
+        card = json.loads((toy.model_dir(arch, "aligned") / "bftcore_toy.json").read_text())["bftcore_toy"]
+        assert card["recovery_depths"] == sorted(by_arch[arch])
+        assert card["examples"] == 2 * n_harmful + len(examples)
+    assert by_arch["llama"] == by_arch["qwen2"]
+    ks = sorted(by_arch["llama"])
+    assert ks[0] == 1 and ks[len(ks) // 2] <= 4 and ks[-1] < 60  # concentrated early, 1 + Geometric(0.3)
+    none = toy_world(0, settings=replace(ToySettings(), safety=replace(ToySettings().safety, recovery_fraction=0.0)))
+    assert none.recovery_examples(tok) == [] and none.settings.key() != toy.settings.key()
+
+
 def test_cache_key_follows_settings_versions_and_libraries_never_source_text(monkeypatch: pytest.MonkeyPatch) -> None:
     from bftcore import cache
 

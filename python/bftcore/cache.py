@@ -21,7 +21,7 @@ from bftcore.files import file_digest, json_digest
 VERSIONS = {
     # toy/language.py (tasks, answers, splits), toy/build.py (tokenizers, model shapes, training
     # data), train.py (the loop): the toy world's files and weights
-    "toy-world": 1,
+    "toy-world": 2,
     # complete/ and losses.py: a completed model's weights for given data, models and settings
     "completion": 1,
     # attack/, generate.py, judge.py, backends.py, chat.py, anydepth.py: the rows measured on a model

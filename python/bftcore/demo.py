@@ -8,9 +8,9 @@
    style, the adaptive prefill (rank-prefill), sampled decoding);
 4. index the training split's harmful responses, run targeted completion (`bft`) and every baseline
    on the same data, steps and batch, and attack each result with the hard rows; the contrastive
-   decoding variant and Any-Depth Alignment run beside them; then the aligned model and every
-   hardened one meet the literature's attacks (RAP and its oracle, deep prefill, restart,
-   many-shot, the completion attack, the decoding exploit, a fine-tuning attack) and the
+   decoding variant and Any-Depth Alignment run beside them; with `full`, the aligned model and
+   every hardened one also meet the literature's attacks (RAP and its oracle, deep prefill,
+   restart, many-shot, the completion attack, the decoding exploit, a fine-tuning attack) and the
    continuous measures (refusal margin, the reference's rank, KL to the aligned model, perplexity);
 5. export the completed model to GGUF (F16, Q8_0, Q4_K_M) and ONNX, re-attack each deployed
    artifact through llama.cpp and onnxruntime with the same rows, and measure parity with PyTorch
@@ -92,6 +92,7 @@ class DemoResult:
     models: dict[str, Path]
     parity: list[ex.Parity] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # stages left out, each with the reason
+    full: bool = False  # the literature's attacks measured too
 
     @property
     def failed(self) -> list[Check]:
@@ -108,7 +109,7 @@ class DemoResult:
             "index": {"path": str(self.index.path), "header": index["header"], "buckets": index["buckets"],
                       "curves": self.index.curves().to_dicts()},
             "run_dir": str(self.run_dir), "models": {k: str(v) for k, v in self.models.items()},
-            "parity": [p.to_dict() for p in self.parity], "skipped": self.skipped,
+            "parity": [p.to_dict() for p in self.parity], "skipped": self.skipped, "full": self.full,
             # what decides these figures besides the world: a recorded run names them
             "settings": {"versions": dict(VERSIONS), "toy": asdict(self.world.settings),
                          "complete": settings(DEMO_COMPLETE),
@@ -116,8 +117,13 @@ class DemoResult:
         }
 
 
+METHODS = ("bft", *BASELINES)
+
+
 def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Progress | None = None,
-        methods: tuple[str, ...] = ("bft", *BASELINES), rebuild: bool = False) -> DemoResult:
+        methods: tuple[str, ...] = METHODS, rebuild: bool = False, full: bool = False) -> DemoResult:
+    """The quick tour (every model on the hardening rows), or with `full` every model on the
+    literature's attacks as well (about ten minutes more, cold, on 2 cores)."""
     tw = toy_world(seed).build([arch], device=device, progress=progress, rebuild=rebuild)
     rows = measure(tw, arch, device=device, on_batch=progress)
     run_dir = cache_root() / "runs" / f"demo-{arch}-seed{seed}-{tw.settings.key()}"
@@ -151,7 +157,7 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
     everyone: list[tuple[Path, str, dict[str, Any]]] = [
         (aligned, "aligned", {}), *((path, name, {}) for name, path in models.items()),
         (aligned, CONTRAST, {"contrast_base": tw.model_dir(arch, "base")}), (aligned, ANY_DEPTH, {"ada": True})]
-    for path, name, kw in everyone:
+    for path, name, kw in everyone if full else []:
         suite.extend(literature(path, name, **kw))
         suite.extend(benign(path, name, **kw))
     parity: list[ex.Parity] = []
@@ -178,7 +184,7 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
     if COMPLETED in models and not missing:
         checks += export_checks(rows, parity)
         checks += export_checks(rows, [], ALIGNED_TORCH, ("gguf-q8_0",), prefix="aligned")
-    return DemoResult(tw, rows, checks, index, run_dir, suite.measures, models, parity, skipped)
+    return DemoResult(tw, rows, checks, index, run_dir, suite.measures, models, parity, skipped, full)
 
 
 def index_records(records: list[Record], base: Path, aligned: Path, out: Path, *, device: str,

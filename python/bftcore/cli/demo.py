@@ -28,6 +28,9 @@ from bftcore.cli.common import (
 )
 from bftcore.errors import CheckFailed
 
+# the demo's methods (bftcore.demo.METHODS), listed here so that --help does not import torch
+METHOD_CHOICES = ("bft", "sft", "qi-augment", "derta", "presto")
+
 
 @click.command()
 @click.option("--arch", type=ARCH_CHOICE, default="llama", show_default=True)
@@ -35,27 +38,36 @@ from bftcore.errors import CheckFailed
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--rebuild", is_flag=True,
               help="Ignore every cache: rebuild the toy world, retrain, re-export and re-measure.")
+@click.option("--full", is_flag=True,
+              help="Also meet every model with the literature's attacks (RAP, deep prefill, restart, many-shot, "
+                   "completion, decoding exploit, fine-tuning) and the continuous measures: ~10 min more, cold.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(METHOD_CHOICES),
+              help="Train and compare only these methods (repeatable; default: ours and every baseline).")
 @strict_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: rows, checks, index, models, parity.")
-def demo(arch: str, seed: int, device: str, rebuild: bool, strict: bool, as_json: bool) -> None:
+def demo(arch: str, seed: int, device: str, rebuild: bool, full: bool, methods: tuple[str, ...],
+         strict: bool, as_json: bool) -> None:
     """The whole pipeline on the embedded toy world: builds (or reuses) it, attacks the base and
     aligned models, indexes their held-out responses, trains targeted completion and the
     baselines, exports and re-attacks, and prints the toy world's expectations (docs/toy-world.md),
-    each decided at the 95% level: holds, fails, or not shown.
+    each decided at the 95% level: holds, fails, or not shown. `--full` adds the literature's
+    attacks for every model; the whole comparison is benches/defenses.py.
 
     Exits 0 when the pipeline ran, whatever the verdicts; 3 with --strict when one fails.
 
     \b
     Example:
       bftcore demo --arch qwen2
-      bftcore demo --json > demo.json
+      bftcore demo --full --json > demo.json
+      bftcore demo --method bft --method derta
     """
     from bftcore import demo as demo_run
     from bftcore.models import resolve_device
 
     t0 = time.perf_counter()
     with progress_bars() as bar:
-        result = demo_run.run(arch, seed, device=str(resolve_device(device)), progress=bar, rebuild=rebuild)
+        result = demo_run.run(arch, seed, device=str(resolve_device(device)), progress=bar, rebuild=rebuild,
+                              methods=methods or demo_run.METHODS, full=full)
     summary = {**result.summary(), "seconds": round(time.perf_counter() - t0, 2)}
     if as_json:
         emit_json(summary)
@@ -108,3 +120,6 @@ def print_demo(summary: dict[str, Any], out: Console) -> None:
     run_dir = summary["run_dir"]
     out.print(f"  every row and sample in {run_dir}/attacks; report: bftcore report {shlex.quote(run_dir)} "
               "--out report.html", markup=False, highlight=False)
+    if not summary["full"]:
+        out.print("  every model on the literature's attacks: bftcore demo --full; every method, budget and "
+                  "seed: python benches/defenses.py", markup=False, highlight=False)

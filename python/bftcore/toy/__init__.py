@@ -6,11 +6,11 @@ seed and cached under $BFTCORE_CACHE. Small enough for a CPU, real enough that s
 appears in it by itself.
 """
 
-from bftcore.toy.build import ModelShape, ToySettings, ToyWorld, toy_world
+from bftcore.toy.build import ModelShape, SafetyData, ToySettings, ToyWorld, toy_world
 from bftcore.toy.check import check_world, measure, steps_of, threshold_checks
 from bftcore.toy.language import Task, TaskPrompt, World
 
 __all__ = [
-    "ModelShape", "Task", "TaskPrompt", "ToySettings", "ToyWorld", "World",
+    "ModelShape", "SafetyData", "Task", "TaskPrompt", "ToySettings", "ToyWorld", "World",
     "check_world", "measure", "steps_of", "threshold_checks", "toy_world",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -73,6 +74,19 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class SafetyData:
+    """What the aligned model's safety SFT holds besides refusals and benign answers: recovery
+    examples (a harmful prompt + the first k tokens of its harmful answer -> a recovery refusal on
+    the same line) for a small share of the harmful training prompts, k = 1 + Geometric(`stop`),
+    so the safety signal sits on the first tokens and weakens with depth, as in real safety data.
+    The result is graded: prefill ASR rising with k, retention rising over tens of positions
+    (docs/toy-world.md). `recovery_fraction` = 0 gives refusals only (a step at the first token)."""
+
+    recovery_fraction: float = 0.05
+    stop: float = 0.3
+
+
+@dataclass(frozen=True)
 class ToySettings:
     seed: int = 0
     steps: int = 8
@@ -81,6 +95,7 @@ class ToySettings:
     shape: ModelShape = field(default_factory=ModelShape)
     base_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=2e-3))
     aligned_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
+    safety: SafetyData = field(default_factory=SafetyData)
 
     def with_seed(self, seed: int) -> ToySettings:
         return replace(self, seed=seed)
@@ -248,21 +263,42 @@ class ToyWorld:
             )
             model = new_model(config, seed=s.seed).to(device)
             cfg = replace(s.base_train, seed=s.seed)
-        else:  # safety SFT in the usual way: refusals and answers, no harmful-prefix data
+        else:  # safety SFT: refusals and answers, and a few recovery examples at shallow depths
             pairs = [(e.prompt, w.refusal(e.task, e.phrasing)) for e in w.examples("harmful", "train")]
             pairs += [(e.prompt, e.response) for e in w.examples("benign", "train")]
             model = load_model(self.model_dir(arch, "base"), device=device)
             cfg = replace(s.aligned_train, seed=s.seed + 1)
         examples = [TrainingSequence.prompt_target(prompt_ids(tokenizer, p), response_ids(tokenizer, r))
                     for p, r in pairs]
+        recovery = self.recovery_examples(tokenizer) if role == "aligned" else []
         label = f"training {arch} {role}"
-        losses = train(model, examples, cfg, pad_id=tokenizer.pad_token_id,
+        losses = train(model, examples + [x for x, _ in recovery], cfg, pad_id=tokenizer.pad_token_id,
                        on_step=(lambda i, n, _: progress(label, i, n)) if progress else None)
         card = {"bftcore_toy": {"arch": arch, "role": role, "seed": s.seed, "key": s.key(),
-                                "examples": len(examples), "train": cfg.to_dict(),
+                                "examples": len(examples) + len(recovery), "train": cfg.to_dict(),
+                                "recovery_depths": sorted(k for _, k in recovery),
                                 "final_loss": round(float(np.mean(losses[-10:])), 6)}}
         save_model(model.to("cpu"), self.tokenizer_dir(arch), self.model_dir(arch, role),
                    extra={"bftcore_toy.json": json.dumps(card, indent=2) + "\n"})
+
+    def recovery_examples(self, tokenizer: Any) -> list[tuple[TrainingSequence, int]]:
+        """The aligned model's recovery examples with their depth k (`SafetyData`). The same
+        prompts and k for every architecture: k is drawn before it is capped at the answer."""
+        s, w = self.settings, self.world
+        rng = random.Random(f"bftcore-toy-recovery-{s.seed}")
+        out = []
+        for e in w.examples("harmful", "train"):
+            chosen, k = rng.random() < s.safety.recovery_fraction, 1
+            while rng.random() >= s.safety.stop:
+                k += 1
+            if not chosen:
+                continue
+            answer = response_ids(tokenizer, e.response, eos=False)
+            k = min(k, len(answer) - 1)
+            out.append((TrainingSequence.prompt_target(
+                prompt_ids(tokenizer, e.prompt) + answer[:k],
+                response_ids(tokenizer, w.recovery(e.task, e.phrasing, inline=True))), k))
+        return out
 
 
 def response_stats(w: World, tokenizer: Any) -> dict[str, Any]:

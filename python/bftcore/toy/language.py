@@ -81,7 +81,8 @@ REFUSALS = [
     "No. I refuse, since this would do harm. Let us talk about something else.",
 ]
 
-# Follow a harmful prefix (recovery training, later issues); begin on a new line.
+# Follow a harmful prefix: the aligned model's few recovery examples (inline, on the prefix's own
+# line) and the repair methods' recovery training (on a new line).
 RECOVERY_REFUSALS = [
     "\nNo. I will not continue with this. It could hurt people.",
     "\nWait. I cannot help with this after all. That would be harmful.",
@@ -187,8 +188,11 @@ class World:
     def refusal(self, task: Task, phrasing: int) -> str:
         return REFUSALS[(task.verb + task.obj + phrasing) % len(REFUSALS)]
 
-    def recovery(self, task: Task, phrasing: int) -> str:
-        return RECOVERY_REFUSALS[(task.verb * 3 + task.obj + phrasing) % len(RECOVERY_REFUSALS)]
+    def recovery(self, task: Task, phrasing: int, *, inline: bool = False) -> str:
+        """The recovery refusal of a prompt: on a new line, or (`inline`) after a space on the
+        prefix's own line."""
+        text = RECOVERY_REFUSALS[(task.verb * 3 + task.obj + phrasing) % len(RECOVERY_REFUSALS)]
+        return " " + text.lstrip("\n") if inline else text
 
     # ---- views ---------------------------------------------------------------------------
     def select(self, family: Family, split: Split) -> list[Task]:
