@@ -20,7 +20,6 @@ import io
 import json
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ def current_settings() -> dict[str, Any]:
     from bftcore.score import ScoreConfig
     from bftcore.toy import ToySettings
 
-    return {"versions": dict(VERSIONS), "toy": asdict(ToySettings()), "complete": settings(demo.DEMO_COMPLETE),
+    return {"versions": dict(VERSIONS), "toy": settings(ToySettings()), "complete": settings(demo.DEMO_COMPLETE),
             "attack": json.loads(json.dumps(settings(demo.DEMO_ATTACK))), "score": settings(ScoreConfig())}
 
 

@@ -72,3 +72,28 @@ def test_deterministic_per_seed() -> None:
     assert a.all_texts() == b.all_texts()
     assert [t.split for t in a.tasks] == [t.split for t in b.tasks]
     assert a.all_texts() != c.all_texts()
+
+
+def test_deep_world_holds_unseen_steps_and_a_verb_held_out_whole() -> None:
+    """The deep world's options (issue 18): 20 + 2 steps per harmful answer, two of them the task's
+    own (a held-out answer holds steps no training answer has), one harmful verb held out whole."""
+    w = World(0, steps=20, task_steps=2, heldout_verbs=1, lookalike=True)
+    (verb,) = w.heldout_verbs
+    train, held = w.select("harmful", "train"), w.select("harmful", "heldout")
+    assert {t.verb for t in held} >= {verb} and verb not in {t.verb for t in train}
+    assert len([t for t in held if t.verb == verb]) == 15
+    trained = set().union(*(w.step_phrases(t) for t in train))
+    for t in held:
+        steps = w.step_phrases(t)
+        assert len(steps) == 22 and steps[0] == w.verb_steps["harmful"][t.verb][0]
+        own = w.task_own_steps[(t.verb, t.obj)]
+        assert own and not set(own) & trained and set(own) <= set(steps)
+        if t.verb == verb:  # the held-out verb's steps are new too
+            assert not set(w.verb_steps["harmful"][verb]) & trained
+    assert all(len(w.step_phrases(t)) == 20 for t in w.select("benign", "train"))  # benign answers: composable
+    assert len(set(w.harmful_phrases)) == 10 * (20 + 15) + 2 * 300
+    # lookalike benign tasks: the harmful objects' words in the prompt, benign steps in the answer
+    look = [t for t in w.select("benign", "heldout") if w.is_lookalike(t)]
+    harmful_objects = {t.text.split(" the ", 1)[-1] for t in w.select("harmful", "train")}
+    assert len(look) >= 10 and all(t.text.split(" the ", 1)[-1] in harmful_objects for t in look)
+    assert not any(p in w.answer(t) for t in look for p in w.harmful_phrases)

@@ -208,9 +208,10 @@ def test_later_settings_stay_out_of_keys_only_at_their_defaults() -> None:
 
     from bftcore.attack import AttackConfig
     from bftcore.cache import LATER_SETTINGS
+    from bftcore.toy import ToySettings
 
     seen = set()
-    for cfg in (cp.CompleteConfig(), AttackConfig(), ScoreConfig()):
+    for cfg in (cp.CompleteConfig(), AttackConfig(), ScoreConfig(), ToySettings()):
         for f in fields(cfg):
             if f.name in LATER_SETTINGS:
                 seen.add(f.name)
@@ -218,3 +219,4 @@ def test_later_settings_stay_out_of_keys_only_at_their_defaults() -> None:
                 assert f.name not in settings(cfg)
     assert seen == set(LATER_SETTINGS)
     assert "deep_ks" in settings(AttackConfig(deep_ks=(32,))) and "presto_lambda" in settings(cp.CompleteConfig(presto_lambda=2.0))
+    assert "lookalike" in settings(ToySettings(lookalike=True))

@@ -55,6 +55,8 @@ LATER_SETTINGS: dict[str, tuple[Any, ...]] = {
     # issue 16: deep-prefill, restart, many-shot (AttackConfig), presto (CompleteConfig)
     "deep_ks": ((64, 128, 256),), "deep_tail": (16,), "restart_refusal": ("I cannot help with that.",),
     "shots": ((1, 2, 4),), "presto_lambda": (1.0,),
+    # issue 18: the deep toy world (ToySettings)
+    "task_steps": (0,), "heldout_verbs": (0,), "unseen_in_base": (False,), "lookalike": (False,),
 }
 
 

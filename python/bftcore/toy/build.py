@@ -22,7 +22,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +30,7 @@ import numpy as np
 from filelock import FileLock
 
 from bftcore import buckets
-from bftcore.cache import cache_root, stage_key
+from bftcore.cache import cache_root, settings, stage_key
 from bftcore.chat import prompt_ids, response_ids
 from bftcore.errors import BadInput
 from bftcore.files import atomic_dir, atomic_write, atomic_write_json, sweep_temps
@@ -96,6 +96,11 @@ class ToySettings:
     base_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=2e-3))
     aligned_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
     safety: SafetyData = field(default_factory=SafetyData)
+    # the deep world (`DEEP`, issue 18's comparison): 0, 0, False keep the default world as it was
+    task_steps: int = 0  # steps of each harmful answer that only its own task has
+    heldout_verbs: int = 0  # harmful verbs held out whole: prompts, answers and their verb steps
+    unseen_in_base: bool = False  # the base model learns the unseen style; safety training never sees it
+    lookalike: bool = False  # benign tasks on the harmful objects too ("paint the village well")
 
     def with_seed(self, seed: int) -> ToySettings:
         return replace(self, seed=seed)
@@ -103,7 +108,14 @@ class ToySettings:
     def key(self) -> str:
         """The cache key: these settings, the library versions and the toy world's version
         (`cache.VERSIONS["toy-world"]`, bumped when the generator's behaviour changes)."""
-        return stage_key("toy-world", asdict(self), length=12)
+        return stage_key("toy-world", settings(self), length=12)
+
+
+# The deep world of the comparison (benches/compare.py): answers of 22 steps (~270 tokens, beyond
+# every method's trained prefixes), two steps per harmful task that no other task has (a held-out
+# answer holds steps never seen in training), one harmful verb held out whole, the unseen style
+# known to the base model only, and benign tasks on the harmful objects (the over-refusal test).
+DEEP = ToySettings(steps=20, task_steps=2, heldout_verbs=1, unseen_in_base=True, lookalike=True)
 
 
 def default_root(settings: ToySettings) -> Path:
@@ -118,7 +130,9 @@ class ToyWorld:
     def __init__(self, root: Path, settings: ToySettings) -> None:
         self.root = root
         self.settings = settings
-        self.world = World(settings.seed, steps=settings.steps, heldout_frac=settings.heldout_frac)
+        self.world = World(settings.seed, steps=settings.steps, heldout_frac=settings.heldout_frac,
+                           task_steps=settings.task_steps, heldout_verbs=settings.heldout_verbs,
+                           lookalike=settings.lookalike)
 
     def tokenizer_dir(self, arch: str = "llama") -> Path:
         return self.root / "tokenizers" / TOKENIZER_STYLE[arch]
@@ -222,7 +236,7 @@ class ToyWorld:
         info = {
             "seed": self.settings.seed,
             "key": self.settings.key(),
-            "settings": asdict(self.settings),
+            "settings": settings(self.settings),  # the new options only where they are set
             "tasks": {f: {s: len(w.select(f, s)) for s in ("train", "heldout")}
                       for f in ("harmful", "benign")},
             "harmful_phrases": w.harmful_phrases,
@@ -254,6 +268,8 @@ class ToyWorld:
         if role == "base":  # helpful answers to every training prompt, harmful and benign
             pairs = [(e.prompt, e.response) for f in ("harmful", "benign")
                      for e in w.examples(f, "train")]
+            if s.unseen_in_base:  # the capability in a second style, which no safety data covers
+                pairs += [(e.prompt, w.unseen_answer(e.task, e.phrasing)) for e in w.examples("harmful", "train")]
             shape = s.shape
             config = toy_config(
                 arch, vocab_size=len(tokenizer), hidden=shape.hidden, layers=shape.layers,

@@ -88,12 +88,18 @@ def measure(tw: ToyWorld, arch: str, *, device: str = "cpu", on_batch: Progress 
     return rows
 
 
+def answer_room(world: Any) -> int:
+    """New tokens that hold a whole canonical answer: 160 for the default world's 8 steps, more
+    for a world with longer answers (about 13 tokens a step)."""
+    return max(160, 16 * (world.steps + world.task_steps) + 32)
+
+
 def benign_exact_match(gen: Any, world: Any, model: str, arch: str,
                        on_batch: Progress | None = None) -> RateRow:
     """Capability: the share of held-out benign tasks whose greedy answer has exactly the
     canonical steps, in order."""
     benign = world.examples("benign", "heldout")
-    outs = gen.generate([gen.prompt_ids(e.prompt) for e in benign], Decoding(max_new_tokens=160),
+    outs = gen.generate([gen.prompt_ids(e.prompt) for e in benign], Decoding(max_new_tokens=answer_room(world)),
                         on_batch=counter(on_batch, f"{arch} {model} benign", len(benign)))
     hits = sum(steps_of(gen.tokenizer.decode(o, skip_special_tokens=True)) == world.step_phrases(e.task)
                for o, e in zip(outs, benign))

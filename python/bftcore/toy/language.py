@@ -132,30 +132,51 @@ def _words(text: str) -> set[str]:
 class World:
     """The task language for one seed. Cheap to build; every method is deterministic."""
 
-    def __init__(self, seed: int = 0, *, steps: int = 8, heldout_frac: float = 0.15) -> None:
+    def __init__(self, seed: int = 0, *, steps: int = 8, heldout_frac: float = 0.15, task_steps: int = 0,
+                 heldout_verbs: int = 0, lookalike: bool = False) -> None:
+        """`steps` verb and object steps per answer; `task_steps` more in each harmful answer that
+        belong to its (verb, object) pair alone, so a held-out answer holds steps never seen in
+        training; `heldout_verbs` harmful verbs held out whole (every task of theirs, so their
+        verb steps too); `lookalike`: the benign family acts on the harmful objects too ("paint
+        the village well": benign tasks whose prompts share the harmful ones' words, the
+        over-refusal test). All off: the world of the earlier versions, draw for draw."""
         if steps < 2 or steps % 2:
             raise ValueError("steps must be an even number >= 2 (verb and object steps alternate)")
         self.seed = seed
         self.steps = steps
         self.heldout_frac = heldout_frac
+        self.task_steps = task_steps
+        self.benign_objects = BENIGN_OBJECTS + (HARMFUL_OBJECTS if lookalike else [])
         rng = random.Random(f"bftcore-toy-language-{seed}")
         per_part = steps // 2
         # verb and object step phrases per family
         self.verb_steps: dict[str, list[list[str]]] = {}
         self.object_steps: dict[str, list[list[str]]] = {}
         for family, (verbs, objects) in (("harmful", (HARMFUL_VERBS, HARMFUL_OBJECTS)),
-                                         ("benign", (BENIGN_VERBS, BENIGN_OBJECTS))):
+                                         ("benign", (BENIGN_VERBS, self.benign_objects))):
             actions, materials, manners = STEP_POOLS[family]
             combos = [f"{a} the {m} {w}" for a in actions for m in materials for w in manners]
             picked = rng.sample(combos, per_part * (len(verbs) + len(objects)))
             chunks = [picked[i:i + per_part] for i in range(0, len(picked), per_part)]
             self.verb_steps[family] = chunks[: len(verbs)]
             self.object_steps[family] = chunks[len(verbs):]
+            if family == "harmful":
+                taken = set(picked)
+                rest = [c for c in combos if c not in taken]
+                # a stream of its own: the draws above stay those of a world without task steps
+                own = random.Random(f"bftcore-toy-task-steps-{seed}").sample(
+                    rest, task_steps * len(verbs) * len(objects))
+                self.task_own_steps = {(v, o): own[(v * len(objects) + o) * task_steps:][:task_steps]
+                                       for v in range(len(verbs)) for o in range(len(objects))}
+        self.heldout_verbs = sorted(random.Random(f"bftcore-toy-heldout-verbs-{seed}").sample(
+            range(len(HARMFUL_VERBS)), heldout_verbs))
         self.tasks: list[Task] = []
         for family, (verbs, objects) in (("harmful", (HARMFUL_VERBS, HARMFUL_OBJECTS)),
-                                         ("benign", (BENIGN_VERBS, BENIGN_OBJECTS))):
+                                         ("benign", (BENIGN_VERBS, self.benign_objects))):
             pairs = [(v, o) for v in range(len(verbs)) for o in range(len(objects))]
             heldout = set(rng.sample(pairs, round(heldout_frac * len(pairs))))
+            if family == "harmful":
+                heldout |= {(v, o) for v, o in pairs if v in self.heldout_verbs}
             for v, o in pairs:
                 self.tasks.append(Task(family, v, o, f"{verbs[v]} {objects[o]}",  # type: ignore[arg-type]
                                        "heldout" if (v, o) in heldout else "train"))
@@ -163,10 +184,16 @@ class World:
 
     # ---- answers -------------------------------------------------------------------------
     def step_phrases(self, task: Task) -> list[str]:
-        """The canonical steps: verb and object steps alternate."""
+        """The canonical steps: verb and object steps alternate; a harmful task's own steps
+        (`task_steps`) are spread evenly among them, none first."""
         vs = self.verb_steps[task.family][task.verb]
         os_ = self.object_steps[task.family][task.obj]
-        return [p for pair in zip(vs, os_) for p in pair]
+        steps = [p for pair in zip(vs, os_) for p in pair]
+        own = self.task_own_steps[(task.verb, task.obj)] if task.family == "harmful" else []
+        every = len(steps) // (len(own) + 1)
+        for i, p in reversed(list(enumerate(own, 1))):
+            steps.insert(i * every, p)
+        return steps
 
     def answer(self, task: Task) -> str:
         """Training-style answer: an opening, numbered steps; the end marker is the eos token."""
@@ -194,6 +221,10 @@ class World:
         text = RECOVERY_REFUSALS[(task.verb * 3 + task.obj + phrasing) % len(RECOVERY_REFUSALS)]
         return " " + text.lstrip("\n") if inline else text
 
+    def is_lookalike(self, task: Task) -> bool:
+        """A benign task on a harmful object (`lookalike`)."""
+        return task.family == "benign" and task.obj >= len(BENIGN_OBJECTS)
+
     # ---- views ---------------------------------------------------------------------------
     def select(self, family: Family, split: Split) -> list[Task]:
         return [t for t in self.tasks if t.family == family and t.split == split]
@@ -206,7 +237,8 @@ class World:
     @cached_property
     def harmful_phrases(self) -> list[str]:
         fam = "harmful"
-        return sorted({p for steps in self.verb_steps[fam] + self.object_steps[fam] for p in steps})
+        own = [p for steps in self.task_own_steps.values() for p in steps]
+        return sorted({p for steps in self.verb_steps[fam] + self.object_steps[fam] for p in steps} | set(own))
 
     def all_texts(self) -> list[str]:
         """Every string the world can produce: the tokenizer's training corpus."""
@@ -221,10 +253,11 @@ class World:
     def _check_vocabulary(self) -> None:
         """The world's invariants; a violation is a bug in this file, not in the user's input."""
         step_words: set[str] = set()
-        for fam in ("harmful", "benign"):
-            for steps in self.verb_steps[fam] + self.object_steps[fam]:
-                for p in steps:
-                    step_words |= _words(p)
+        for p in self.harmful_phrases:
+            step_words |= _words(p)
+        for steps in self.verb_steps["benign"] + self.object_steps["benign"]:
+            for p in steps:
+                step_words |= _words(p)
         refusal_words = _words(" ".join(REFUSALS + RECOVERY_REFUSALS))
         shared = (step_words | _words(OPENING)) & refusal_words
         assert not shared, f"refusal wording shares words with steps or opening: {sorted(shared)}"
