@@ -64,7 +64,7 @@ def main() -> None:
         if not out.is_dir():
             cp.complete(base, aligned, data, out, cfg, profile=prof)
         secs = time.perf_counter() - t0
-        res = demo.hardening_suite(tw, a.arch, out, name, fresh=True)
+        res = demo.hardening_suite(tw, a.arch, out, name)
         rows = {(r.attack, r.k): r for r in res.rows}
         cells = [f"{rows[c].fraction()} ({100 * rows[c].rate:.1f}% [{100 * rows[c].ci[0]:.1f}, "
                  f"{100 * rows[c].ci[1]:.1f}])" for c in COLUMNS]

@@ -1,11 +1,12 @@
 """`bftcore demo`: the whole pipeline on the embedded toy world, and its expectations table.
 
-1. build or reuse the toy world; measure base and aligned models on held-out tasks (direct and
-   prefilling attacks, benign exact-match);
+1. build or reuse the toy world; measure the base model on held-out tasks (direct request, benign
+   exact-match);
 2. score held-out harmful and benign responses with both models and build the base-favored-token
    index (the signal-decay picture);
-3. run the attack suite on the aligned model (prefilling at k = 5..40 in the trained and the unseen
-   style, the adaptive prefill (rank-prefill), sampled decoding);
+3. run the hardening rows on the aligned model (direct, prefilling at k = 5..40 in the trained and
+   the unseen style, the adaptive prefill (rank-prefill), sampled decoding, benign exact-match):
+   the same rows, decoding length included, as every hardened model meets;
 4. index the training split's harmful responses, run targeted completion (`bft`) and every baseline
    on the same data, steps and batch, and attack each result with the hard rows; the contrastive
    decoding variant and Any-Depth Alignment run beside them; with `full`, the aligned model and
@@ -16,7 +17,7 @@
    artifact through llama.cpp and onnxruntime with the same rows, and measure parity with PyTorch
    on the held-out texts.
 
-Steps 1-3 are measured afresh on every run. What steps 4-5 train, export and measure is cached,
+Steps 1-2 are measured afresh on every run. What steps 3-5 train, export and measure is cached,
 keyed by its inputs (the models' and data's bytes, the settings, library versions and the stage's
 number in `cache.VERSIONS`), so a warm demo takes a minute or two; `rebuild` ignores every cache.
 Each expectation is a `Check` decided at the 95% level (see `bftcore.stats`): a failed one is
@@ -49,7 +50,7 @@ from bftcore.progress import Progress
 from bftcore.score import ScoreConfig
 from bftcore.stats import NOT_SHOWN, Check, RateRow, exact_check, non_inferiority_check, reduction_check
 from bftcore.toy import measure, threshold_checks, toy_world
-from bftcore.toy.check import PREFILL_KS, benign_exact_match, completion_records, signal_decay_checks
+from bftcore.toy.check import benign_exact_match, completion_records, signal_decay_checks
 from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS
 
 DEMO_KS = (5, 10, 20, 40)
@@ -70,7 +71,6 @@ LITERATURE_EVERY = 3
 # training split (the attacker's data), this many steps, then the direct request and the prefill
 FINETUNE_PAIRS = 10
 DEMO_FINETUNE = cp.CompleteConfig(steps=20, batch_size=8)
-ALIGNED_TORCH = "aligned pytorch"  # the aligned model through the hardening rows
 # (target, dtype, row label): the deployed forms of the completed model the demo measures
 EXPORTS = (("gguf", "f16", "gguf-f16"), ("gguf", "q8_0", "gguf-q8_0"), ("gguf", "q4_k_m", "gguf-q4_k_m"),
            ("onnx", "f32", "onnx"))
@@ -111,7 +111,7 @@ class DemoResult:
             "run_dir": str(self.run_dir), "models": {k: str(v) for k, v in self.models.items()},
             "parity": [p.to_dict() for p in self.parity], "skipped": self.skipped, "full": self.full,
             # what decides these figures besides the world: a recorded run names them
-            "settings": {"versions": dict(VERSIONS), "toy": asdict(self.world.settings),
+            "settings": {"versions": dict(VERSIONS), "toy": settings(self.world.settings),
                          "complete": settings(DEMO_COMPLETE),
                          "attack": settings(DEMO_ATTACK), "score": settings(ScoreConfig())},
         }
@@ -125,24 +125,25 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
     """The quick tour (every model on the hardening rows), or with `full` every model on the
     literature's attacks as well (about ten minutes more, cold, on 2 cores)."""
     tw = toy_world(seed).build([arch], device=device, progress=progress, rebuild=rebuild)
-    rows = measure(tw, arch, device=device, on_batch=progress)
+    # the base model's rows at the demo's decoding length (the toy check's own rows decode longer)
+    rows = measure(tw, arch, device=device, on_batch=progress, roles=("base",), cfg=DEMO_ATTACK)
     run_dir = cache_root() / "runs" / f"demo-{arch}-seed{seed}-{tw.settings.key()}"
     records, _ = read_corpus([tw.data_dir / "harmful_heldout.jsonl", tw.data_dir / "benign_heldout.jsonl"])
     index = index_records(records, tw.model_dir(arch, "base"), tw.model_dir(arch, "aligned"),
                           run_dir / "heldout.bfti", device=device, progress=progress)
     bfti.plot_signal_decay(index, run_dir / "signal_decay.png")
-    checks = threshold_checks(rows) + signal_decay_checks(index.curves(), arch)
-    suite = attack_suite(tw, arch, device=device, progress=progress)
-    models = completed_models(tw, arch, methods, device=device, progress=progress, rebuild=rebuild)
-    keep_training_logs(models, run_dir / "training")
 
     def hardening(model_dir: Path, name: str, **kw: Any) -> atk.AttackResult:
         return hardening_suite(tw, arch, model_dir, name, device=device, progress=progress,
                                rebuild=rebuild, **kw)
 
+    aligned = tw.model_dir(arch, "aligned")
+    suite = hardening(aligned, "aligned")
+    checks = threshold_checks(rows + suite.rows) + signal_decay_checks(index.curves(), arch)
+    models = completed_models(tw, arch, methods, device=device, progress=progress, rebuild=rebuild)
+    keep_training_logs(models, run_dir / "training")
     for name, path in models.items():
         suite.extend(hardening(path, name))
-    aligned = tw.model_dir(arch, "aligned")
     suite.extend(hardening(aligned, CONTRAST, contrast_base=tw.model_dir(arch, "base")))
     suite.extend(hardening(aligned, ANY_DEPTH, ada=True))
 
@@ -171,10 +172,8 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
         for label, path in artifacts.items():
             suite.extend(hardening(models[COMPLETED], f"{COMPLETED} {label}", artifact=path))
         parity = export_parity(tw, models[COMPLETED], artifacts, rebuild=rebuild)
-        # the same comparison where the attacks succeed: the aligned model's Q8_0 GGUF beside the
-        # aligned model measured by the same rows (the toy check's rows decode longer answers)
+        # the same comparison where the attacks succeed: the aligned model's Q8_0 GGUF
         aligned_q8 = exported_models(aligned, progress=progress, only=("gguf-q8_0",), rebuild=rebuild)
-        suite.extend(hardening(aligned, ALIGNED_TORCH))
         suite.extend(hardening(aligned, "aligned gguf-q8_0", artifact=aligned_q8["gguf-q8_0"]))
     atk.write_results(suite, run_dir / "attacks")
     keep_parity(parity, run_dir / "exports" / "parity.json")
@@ -183,7 +182,7 @@ def run(arch: str = "llama", seed: int = 0, *, device: str = "cpu", progress: Pr
         checks += completion_checks(rows, COMPLETED)
     if COMPLETED in models and not missing:
         checks += export_checks(rows, parity)
-        checks += export_checks(rows, [], ALIGNED_TORCH, ("gguf-q8_0",), prefix="aligned")
+        checks += export_checks(rows, [], "aligned", ("gguf-q8_0",))
     return DemoResult(tw, rows, checks, index, run_dir, suite.measures, models, parity, skipped, full)
 
 
@@ -216,7 +215,7 @@ def missing_deploy_extras() -> list[str]:
 
 
 _MODEL_ORDER = ("base", "aligned", COMPLETED, *BASELINES, CONTRAST, ANY_DEPTH, "completed gguf-f16", "completed gguf-q8_0",
-                "completed gguf-q4_k_m", "completed onnx", ALIGNED_TORCH, "aligned gguf-q8_0")
+                "completed gguf-q4_k_m", "completed onnx", "aligned gguf-q8_0")
 
 
 def _row_order(r: RateRow) -> tuple[Any, ...]:
@@ -228,26 +227,11 @@ def heldout(tw: Any, name: str) -> list[Record]:
     return read_corpus([tw.data_dir / f"{name}.jsonl"])[0]
 
 
-def _suite(gen: Any, tw: Any, arch: str, model: str, progress: Progress | None) -> atk.Suite:
+def _suite(gen: Any, tw: Any, arch: str, model: str, progress: Progress | None,
+           attack: atk.AttackConfig = DEMO_ATTACK) -> atk.Suite:
     """The attack suite of the demo's rows: exact judge, the toy world's refusals as openers."""
-    return atk.Suite(gen, PhraseJudge(tw.world.harmful_phrases), DEMO_ATTACK, model=model, arch=arch,
+    return atk.Suite(gen, PhraseJudge(tw.world.harmful_phrases), attack, model=model, arch=arch,
                      openers=REFUSALS + RECOVERY_REFUSALS, progress=progress)
-
-
-def attack_suite(tw: Any, arch: str, *, device: str = "cpu", progress: Progress | None = None,
-                 role: str = "aligned") -> atk.AttackResult:
-    """The shallow-alignment table: prefilling and the hard rows on one toy model, judged exactly
-    (the literature's attacks: `literature_suite`, cached)."""
-    harmful = heldout(tw, "harmful_heldout")
-    gen = TorchGenerator(load_model(tw.model_dir(arch, role), device=device),
-                         load_tokenizer(tw.tokenizer_dir(arch)))
-    suite = _suite(gen, tw, arch, role, progress)
-    out = atk.AttackResult()
-    prefill = suite.run("prefill", harmful)
-    out.rows += [r for r in prefill.rows if r.k not in PREFILL_KS]  # k = 5, 10 are in the toy check
-    out.samples += prefill.samples
-    out.extend(_hard_rows(suite, tw, harmful))
-    return out
 
 
 def _hard_rows(suite: atk.Suite, tw: Any, harmful: list[Record]) -> atk.AttackResult:
@@ -268,7 +252,8 @@ HARDENING_ATTACKS = ("direct", "prefill", "rank-prefill", "prefill:unseen", "pre
 
 def hardening_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: str = "cpu",
                     progress: Progress | None = None, contrast_base: Path | None = None, ada: bool = False,
-                    artifact: Path | None = None, rebuild: bool = False) -> atk.AttackResult:
+                    artifact: Path | None = None, rebuild: bool = False,
+                    attack: atk.AttackConfig = DEMO_ATTACK) -> atk.AttackResult:
     """A repaired model's rows: direct, prefilling at every k, the hard rows, benign exact-match;
     of the model itself (PyTorch), or of an exported `artifact` (llama.cpp or onnxruntime).
 
@@ -279,7 +264,7 @@ def hardening_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: s
         harmful = heldout(tw, "harmful_heldout")
         gen = _generator(tw, arch, model_dir, device=device, contrast_base=contrast_base, ada=ada,
                          artifact=artifact)
-        suite = _suite(gen, tw, arch, name, progress)
+        suite = _suite(gen, tw, arch, name, progress, attack)
         result = atk.AttackResult()
         result.extend(suite.run("direct", harmful))
         result.extend(suite.run("prefill", harmful))
@@ -290,12 +275,12 @@ def hardening_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: s
 
     return cached_rows(tw, arch, name, "hardening", {
         **_model_key(model_dir, contrast_base, ada), "artifact": model_digest(artifact) if artifact else None},
-        measure_rows, rebuild)
+        measure_rows, rebuild, attack)
 
 
 def literature_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: str = "cpu",
                      progress: Progress | None = None, contrast_base: Path | None = None, ada: bool = False,
-                     rebuild: bool = False) -> atk.AttackResult:
+                     rebuild: bool = False, attack: atk.AttackConfig = DEMO_ATTACK) -> atk.AttackResult:
     """The literature's attacks on one model (PyTorch), on every `LITERATURE_EVERY`-th held-out
     harmful prompt: RAP at every k and its oracle at k = 10 (with the reference's rank per position
     bucket), deep prefill, restart, many-shot, the completion attack, the decoding exploit; for a
@@ -308,10 +293,10 @@ def literature_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: 
         harmful = heldout(tw, "harmful_heldout")[::LITERATURE_EVERY]
         benign = heldout(tw, "benign_heldout")
         gen = _generator(tw, arch, model_dir, device=device, contrast_base=contrast_base, ada=ada)
-        suite = _suite(gen, tw, arch, name, progress)
+        suite = _suite(gen, tw, arch, name, progress, attack)
         out = atk.AttackResult()
-        for attack in ("rap", "deep-prefill", "restart"):
-            out.extend(suite.run(attack, harmful))
+        for kind in ("rap", "deep-prefill", "restart"):
+            out.extend(suite.run(kind, harmful))
         cfg = suite.cfg
         suite.cfg = replace(cfg, ks=(10,))
         out.extend(suite.run("rap-oracle", harmful))
@@ -327,33 +312,52 @@ def literature_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: 
             out.measures.append(atk.kl_to_reference(gen, reference, benign, model=name, arch=arch,
                                                     reference_name="aligned"))
             out.extend(finetune_attack(tw, arch, model_dir, name, harmful, device=device, progress=progress,
-                                       rebuild=rebuild, gen=gen))
+                                       rebuild=rebuild, gen=gen, attack=attack))
         return out
 
     return cached_rows(tw, arch, name, "literature", {
         **_model_key(model_dir, contrast_base, ada), "every": LITERATURE_EVERY, "finetune": settings(DEMO_FINETUNE) if plain else None,
-        "pairs": FINETUNE_PAIRS, "train": file_digest(tw.data_dir / "harmful_train.jsonl")}, measure_rows, rebuild)
+        "pairs": FINETUNE_PAIRS, "train": file_digest(tw.data_dir / "harmful_train.jsonl")}, measure_rows, rebuild,
+        attack)
+
+
+def over_refusal_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: str = "cpu",
+                       progress: Progress | None = None, contrast_base: Path | None = None, ada: bool = False,
+                       rebuild: bool = False, attack: atk.AttackConfig = DEMO_ATTACK) -> atk.AttackResult:
+    """The refusal rate of direct requests per label: the held-out benign tasks (`lookalike` where
+    a world's benign task acts on a harmful object, XSTest's safe prompts in the toy world), and
+    the held-out harmful ones. Cached like `hardening_suite`."""
+    def measure_rows() -> atk.AttackResult:
+        w = tw.world
+        records = [Record(e.id, e.prompt, e.response, "lookalike" if w.is_lookalike(e.task) else "benign", "toy")
+                   for e in w.examples("benign", "heldout")]
+        records += [Record(e.id, e.prompt, e.response, "harmful", "toy") for e in w.examples("harmful", "heldout")]
+        gen = _generator(tw, arch, model_dir, device=device, contrast_base=contrast_base, ada=ada)
+        return _suite(gen, tw, arch, name, progress, attack).run("over-refusal", records)
+
+    return cached_rows(tw, arch, name, "over-refusal", _model_key(model_dir, contrast_base, ada), measure_rows,
+                       rebuild, attack)
 
 
 def benign_prefill_suite(tw: Any, arch: str, model_dir: Path, name: str, *, device: str = "cpu",
                          progress: Progress | None = None, contrast_base: Path | None = None, ada: bool = False,
-                         rebuild: bool = False) -> atk.AttackResult:
+                         rebuild: bool = False, attack: atk.AttackConfig = DEMO_ATTACK) -> atk.AttackResult:
     """Over-refusal at depth: the refusal rate after the first k tokens (every k) of every
     `LITERATURE_EVERY`-th held-out benign answer (the toy world has no benign prompts that look
     harmful; this is its over-refusal row). Cached like `hardening_suite`."""
     def measure_rows() -> atk.AttackResult:
         gen = _generator(tw, arch, model_dir, device=device, contrast_base=contrast_base, ada=ada)
-        suite = _suite(gen, tw, arch, name, progress)
+        suite = _suite(gen, tw, arch, name, progress, attack)
         return suite.run("benign-prefill", heldout(tw, "benign_heldout")[::LITERATURE_EVERY])
 
     return cached_rows(tw, arch, name, "benign-prefill", {
-        **_model_key(model_dir, contrast_base, ada), "every": LITERATURE_EVERY}, measure_rows, rebuild)
+        **_model_key(model_dir, contrast_base, ada), "every": LITERATURE_EVERY}, measure_rows, rebuild, attack)
 
 
 def finetune_attack(tw: Any, arch: str, model_dir: Path, name: str, harmful: list[Record], *, device: str = "cpu",
                     progress: Progress | None = None, rebuild: bool = False, finetune: cp.CompleteConfig = DEMO_FINETUNE,
                     n_pairs: int = FINETUNE_PAIRS, ks: tuple[int, ...] | None = None,
-                    gen: Any | None = None) -> atk.AttackResult:
+                    gen: Any | None = None, attack: atk.AttackConfig = DEMO_ATTACK) -> atk.AttackResult:
     """Qi et al.'s fine-tuning attack on a model: `finetune` (`DEMO_FINETUNE`: full weights) on the
     first `n_pairs` harmful pairs of the training split, by plain SFT and under their token-wise
     constrained objective; then the direct request (rows `ft-OBJECTIVE`) and the prefill at every
@@ -372,7 +376,7 @@ def finetune_attack(tw: Any, arch: str, model_dir: Path, name: str, harmful: lis
                                  templates=REFUSALS, need_benign=False)
             cp.complete(None, model_dir, data, dest, cfg, device=device, progress=progress, merge=cfg.lora)
         attacked = TorchGenerator(load_model(dest, device=device), load_tokenizer(tw.tokenizer_dir(arch)))
-        suite = _suite(attacked, tw, arch, name, progress)
+        suite = _suite(attacked, tw, arch, name, progress, attack)
         label = f"ft-{objective}"
         out.extend(suite.direct(harmful, label))
         out.extend(suite.prefill(harmful, f"{label}-prefill", ks=ks))
@@ -411,9 +415,10 @@ def _reassessed(gen: Any, name: str, arch: str) -> list[dict[str, Any]]:
 
 
 def cached_rows(tw: Any, arch: str, name: str, part: str, inputs: dict[str, Any],
-              measure_rows: Callable[[], atk.AttackResult], rebuild: bool) -> atk.AttackResult:
+              measure_rows: Callable[[], atk.AttackResult], rebuild: bool,
+              attack: atk.AttackConfig = DEMO_ATTACK) -> atk.AttackResult:
     """`measure_rows()`, cached under the inputs plus the attack settings and the held-out data."""
-    key = stage_key("attack-rows", {"name": name, "arch": arch, "part": part, "attack": settings(DEMO_ATTACK),
+    key = stage_key("attack-rows", {"name": name, "arch": arch, "part": part, "attack": settings(attack),
                                     **inputs, "data": {f: file_digest(tw.data_dir / f"{f}.jsonl") for f in
                                                        ("harmful_heldout", "harmful_unseen_heldout", "benign_heldout")}})
     cache = tw.root / "completed" / "measured" / f"{arch}-{name.replace(' ', '-')}-{part}-{key}.json"

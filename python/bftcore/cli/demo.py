@@ -51,7 +51,7 @@ def demo(arch: str, seed: int, device: str, rebuild: bool, full: bool, methods: 
     aligned models, indexes their held-out responses, trains targeted completion and the
     baselines, exports and re-attacks, and prints the toy world's expectations (docs/toy-world.md),
     each decided at the 95% level: holds, fails, or not shown. `--full` adds the literature's
-    attacks for every model; the whole comparison is benches/defenses.py.
+    attacks for every model; the whole comparison is benches/compare.py.
 
     Exits 0 when the pipeline ran, whatever the verdicts; 3 with --strict when one fails.
 
@@ -103,9 +103,9 @@ def print_demo(summary: dict[str, Any], out: Console) -> None:
             "the completed model deployed: PyTorch beside its GGUF exports in llama.cpp and its ONNX "
             "export in onnxruntime, same attacks; x/n and rate % [95% Wilson]"))
         out.print(comparison_table(
-            rows, [m for m in models if m.startswith("aligned ")],
-            "the same comparison on the aligned model, which the attacks break (same rows, "
-            f"{settings['attack']['max_new_tokens']} new tokens; the toy check above decodes longer answers)"))
+            rows, ["aligned", *[m for m in models if m.startswith("aligned ")]],
+            "the same comparison on the aligned model, which the attacks break: PyTorch beside its "
+            "Q8_0 GGUF in llama.cpp, same rows; x/n and rate % [95% Wilson]"))
         out.print(parity_table([Parity(**p) for p in summary["parity"]]))
     if summary["measures"]:
         out.print(measures_table(
@@ -122,4 +122,4 @@ def print_demo(summary: dict[str, Any], out: Console) -> None:
               "--out report.html", markup=False, highlight=False)
     if not summary["full"]:
         out.print("  every model on the literature's attacks: bftcore demo --full; every method, budget and "
-                  "seed: python benches/defenses.py", markup=False, highlight=False)
+                  "world, with the ablations: python benches/compare.py", markup=False, highlight=False)
