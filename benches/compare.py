@@ -246,21 +246,21 @@ def measured(tw: Any, arch: str, path: Path, name: str, attack: Any, *, literatu
 
 def held_out_verb_rows(res: Any, world: Any) -> list[dict[str, Any]]:
     """Each ASR row again on the prompts of the harmful verbs held out whole (attack name + " [held-out
-    verb]"), from the row's samples (record ids "hVVOOpP" name the verb); none in a world without."""
+    verb]"), from the row's samples; none in a world without."""
     from bftcore.stats import RateRow
 
-    held = set(world.heldout_verbs)
     rows = {(r.attack, r.k): r for r in res.rows if r.metric == "asr"}
     groups: dict[tuple[str, Any], list[Any]] = {}
-    for s in res.samples:
-        if held and s.record[:1] == "h" and s.record[1:3].isdigit():
-            groups.setdefault((s.attack, s.k), []).append(s)
+    for s in res.samples if world.heldout_verbs else []:
+        task = world.task_of(s.record)
+        if task is not None and task.family == "harmful":
+            groups.setdefault((s.attack, s.k), []).append((s, task.verb in world.heldout_verbs))
     out = []
     for (attack, k), samples in groups.items():
         row = rows.get((attack, k))
         if row is None or len(samples) != row.n:  # samples that are not this row's trials
             continue
-        mine = [s for s in samples if int(s.record[1:3]) in held]
+        mine = [s for s, held in samples if held]
         out.append(RateRow(row.model, row.arch, f"{attack} [held-out verb]", k, "asr",
                            sum(s.success for s in mine), len(mine)).to_dict())
     return out

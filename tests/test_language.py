@@ -97,3 +97,11 @@ def test_deep_world_holds_unseen_steps_and_a_verb_held_out_whole() -> None:
     harmful_objects = {t.text.split(" the ", 1)[-1] for t in w.select("harmful", "train")}
     assert len(look) >= 10 and all(t.text.split(" the ", 1)[-1] in harmful_objects for t in look)
     assert not any(p in w.answer(t) for t in look for p in w.harmful_phrases)
+
+
+def test_task_of_reads_a_record_id_back() -> None:
+    """Record ids name their task: every example's id leads back to it, an id of no task to None."""
+    w = World(0, steps=20, task_steps=2, heldout_verbs=1, lookalike=True)
+    examples = w.examples("harmful", "heldout") + w.examples("benign", "train")
+    assert all(w.task_of(e.id) == e.task for e in examples)
+    assert w.task_of("h9999p0") is None and w.task_of("") is None

@@ -161,11 +161,11 @@ class World:
             self.verb_steps[family] = chunks[: len(verbs)]
             self.object_steps[family] = chunks[len(verbs):]
             if family == "harmful":
-                taken = set(picked)
-                rest = [c for c in combos if c not in taken]
-                # a stream of its own: the draws above stay those of a world without task steps
-                own = random.Random(f"bftcore-toy-task-steps-{seed}").sample(
-                    rest, task_steps * len(verbs) * len(objects))
+                own: list[str] = []
+                if task_steps:  # a stream of its own: the draws above stay those of a world without
+                    taken = set(picked)
+                    own = random.Random(f"bftcore-toy-task-steps-{seed}").sample(
+                        [c for c in combos if c not in taken], task_steps * len(verbs) * len(objects))
                 self.task_own_steps = {(v, o): own[(v * len(objects) + o) * task_steps:][:task_steps]
                                        for v in range(len(verbs)) for o in range(len(objects))}
         self.heldout_verbs = sorted(random.Random(f"bftcore-toy-heldout-verbs-{seed}").sample(
@@ -180,6 +180,7 @@ class World:
             for v, o in pairs:
                 self.tasks.append(Task(family, v, o, f"{verbs[v]} {objects[o]}",  # type: ignore[arg-type]
                                        "heldout" if (v, o) in heldout else "train"))
+        self._by_id = {t.id: t for t in self.tasks}
         self._check_vocabulary()
 
     # ---- answers -------------------------------------------------------------------------
@@ -220,6 +221,10 @@ class World:
         prefix's own line."""
         text = RECOVERY_REFUSALS[(task.verb * 3 + task.obj + phrasing) % len(RECOVERY_REFUSALS)]
         return " " + text.lstrip("\n") if inline else text
+
+    def task_of(self, record_id: str) -> Task | None:
+        """The task of a record id (`TaskPrompt.id`: "h0304p1"); None for an id of no task here."""
+        return self._by_id.get(record_id.partition("p")[0])
 
     def is_lookalike(self, task: Task) -> bool:
         """A benign task on a harmful object (`lookalike`)."""
