@@ -105,6 +105,25 @@ def test_signal_decay_checks_tell_a_graded_curve_from_a_step() -> None:
     assert late_dip[2].holds and "from t = 17 on" in late_dip[2].detail
 
 
+def _check_exports(obj: dict, labels: tuple[str, ...]) -> None:  # type: ignore[type-arg]
+    """The demo re-attacked exactly these deployed forms of the completed model, each on every row,
+    each checked (Q4_K_M is measured, not checked) and compared with PyTorch by each of its readers."""
+    rows = {(x["model"], x["attack"], x["k"], x["metric"]): x for x in obj["rows"]}
+    checks = {c["name"]: c for c in obj["checks"]}
+    assert {m for (m, *_) in rows if m.startswith("completed ")} == {f"completed {label}" for label in labels}
+    for label in labels:
+        model = f"completed {label}"
+        assert {(model, "prefill", k, "asr") for k in (5, 10, 20, 40)} <= set(rows)
+        assert rows[(model, "prefill-sampled", 10, "asr")]["n"] == 1440
+        if label != "gguf-q4_k_m":
+            assert f"{model}: every ASR row within 2 points of PyTorch" in checks
+            assert f"{model}: argmax agreement with PyTorch >= 99% on held-out texts" in checks
+    readers = {"onnx": ("onnxruntime",)}
+    parity = {(p["artifact"], p["reader"]) for p in obj["parity"]}
+    assert parity == {(label, r) for label in labels for r in readers.get(label, ("llama.cpp", "transformers(gguf)"))}
+    assert all(p["texts"] == 360 for p in obj["parity"])
+
+
 def _check_literature(obj: dict, models: tuple[str, ...], plain: tuple[str, ...]) -> None:  # type: ignore[type-arg]
     """Every model meets the literature's attacks on the same records (same n per row for every
     model); the models decoded as they are also meet the fine-tuning attack and carry the
@@ -181,21 +200,10 @@ def test_the_demo_end_to_end(toy) -> None:  # type: ignore[no-untyped-def]
     for k in (5, 10, 20, 40):
         assert {("aligned", "prefill", k), ("aligned", "rank-prefill", k), ("aligned", "prefill:unseen", k)} <= attacks
     assert {("aligned", "prefill-sampled", 10), ("base", "direct", None)} <= attacks
-    # the deployed artifacts: every row measured, parity with PyTorch for each reader
-    for label in ("gguf-f16", "gguf-q8_0", "onnx"):
-        assert f"completed {label}: every ASR row within 2 points of PyTorch" in checks
-        assert f"completed {label}: argmax agreement with PyTorch >= 99% on held-out texts" in checks
+    # the deployed artifacts, one per reader in the quick tour: every row measured, parity with
+    # PyTorch for each reader
+    _check_exports(obj, ("gguf-q8_0", "onnx"))
     assert checks["aligned gguf-q8_0: every ASR row within 2 points of PyTorch"]["status"] == "holds"
-    for label in ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "onnx"):
-        model = f"completed {label}"
-        assert {(model, "prefill", k, "asr") for k in (5, 10, 20, 40)} <= set(rows)
-        assert rows[(model, "prefill-sampled", 10, "asr")]["n"] == 1440
-    parity = {(p["artifact"], p["reader"]): p for p in obj["parity"]}
-    assert set(parity) == {("gguf-f16", "llama.cpp"), ("gguf-f16", "transformers(gguf)"),
-                           ("gguf-q8_0", "llama.cpp"), ("gguf-q8_0", "transformers(gguf)"),
-                           ("gguf-q4_k_m", "llama.cpp"), ("gguf-q4_k_m", "transformers(gguf)"),
-                           ("onnx", "onnxruntime")}
-    assert all(p["texts"] == 360 for p in obj["parity"])
     assert obj["index"]["header"]["labels"] == ["benign", "harmful"]
     assert all(list(b)[:4] == ["label", "bucket", "lo", "hi"] for b in obj["index"]["buckets"])
 
@@ -207,6 +215,7 @@ def test_the_demo_end_to_end(toy) -> None:  # type: ignore[no-untyped-def]
     assert full["full"] is True and set(full["models"]) == {"completed"}
     _check_rows(full["rows"])
     _check_literature(full, ("aligned", "completed", "contrastive", "any-depth"), plain=("aligned", "completed"))
+    _check_exports(full, ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "onnx"))  # every export in --full
 
     # the same demo without the export extras (warm: the trained models are cached): it runs
     # every other stage and names what it left out

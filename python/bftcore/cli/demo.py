@@ -40,7 +40,8 @@ METHOD_CHOICES = ("bft", "sft", "qi-augment", "derta", "presto")
               help="Ignore every cache: rebuild the toy world, retrain, re-export and re-measure.")
 @click.option("--full", is_flag=True,
               help="Also meet every model with the literature's attacks (RAP, deep prefill, restart, many-shot, "
-                   "completion, decoding exploit, fine-tuning) and the continuous measures: ~10 min more, cold.")
+                   "completion, decoding exploit, fine-tuning) and the continuous measures, and re-attack the "
+                   "GGUF F16 and Q4_K_M exports too: ~12 min more, cold.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHOD_CHOICES),
               help="Train and compare only these methods (repeatable; default: ours and every baseline).")
 @strict_option
