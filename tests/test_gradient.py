@@ -12,6 +12,7 @@ import torch
 
 from bftcore.chat import prompt_ids, response_ids
 from bftcore.corpus import Record
+from bftcore.errors import BadInput
 from bftcore.gradient import GradientConfig, safety_gradient
 from bftcore.models import load_model, load_tokenizer
 from conftest import run_cli
@@ -55,6 +56,30 @@ def test_gradient_matches_autograd_by_hand(toy) -> None:  # type: ignore[no-unty
     # per bucket: the logit figure is the mean over the bucket's positions
     assert prof.buckets[:4] == ["1", "2", "3-4", "5-8"]
     assert prof.positions[2] == len(logit_norms[2]) + len(logit_norms[3])
+
+
+def test_prefix_tokens_take_the_loss_after_the_prefix_only(toy) -> None:  # type: ignore[no-untyped-def]
+    """A recovery after a harmful prefix: the prefix's tokens are context; position 1 is the first
+    token after them, and a response no longer than the prefix is left out."""
+    model = load_model(toy.model_dir("llama", "aligned"))
+    tok = load_tokenizer(toy.tokenizer_dir("llama"))
+    w, K = toy.world, 7
+    tasks = w.select("harmful", "train")[:3]
+    records = [Record(f"r{i}", w.prompt(t, 0), w.answer(t) + w.recovery(t, 0, inline=True), "harmful", "test")
+               for i, t in enumerate(tasks)]
+    records.append(Record("short", w.prompt(tasks[0], 1), w.refusal(tasks[0], 1)[:4], "harmful", "test"))
+    prof = safety_gradient(model, tok, records, GradientConfig(max_positions=5, param_positions=0, prefix_tokens=K))
+    assert prof.records == 3 and prof.prefix_tokens == K
+    for t in range(5):
+        norms = []
+        for r in records[:3]:
+            p, y = prompt_ids(tok, r.prompt), response_ids(tok, r.response or "")
+            logits = model(input_ids=torch.tensor([p + y])).logits[0, len(p) - 1 + K + t].detach()
+            norms.append(float((logits.softmax(-1) - torch.nn.functional.one_hot(torch.tensor(y[K + t]),
+                                                                                  logits.shape[-1])).norm()))
+        assert prof.per_position["logit_grad"][t] == pytest.approx(sum(norms) / 3, rel=1e-4, abs=1e-6), t
+    with pytest.raises(BadInput, match="--prefix-tokens 9999"):
+        safety_gradient(model, tok, records, GradientConfig(prefix_tokens=9999))
 
 
 def test_gradient_command_on_the_toy_world(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

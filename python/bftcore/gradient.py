@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ class GradientConfig:
     layer: int | None = None  # the block whose parameters are measured; None: the middle one
     batch_size: int = 16
     thinking: bool = False
+    # the first `prefix_tokens` tokens of each response are forced context, outside the loss:
+    # the gradient of a recovery after a harmful prefix, position 1 its first token
+    prefix_tokens: int = 0
 
 
 @dataclass
@@ -55,6 +58,7 @@ class GradientProfile:
     logit_grad: list[float | None]
     param_grad: list[float | None]
     per_position: dict[str, list[float | None]] = field(default_factory=dict)  # t = 1..max_positions
+    prefix_tokens: int = 0  # positions count from the first token after this forced prefix
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,11 +80,16 @@ def _blocks(model: Any) -> Any:
 def safety_gradient(model: Any, tokenizer: Any, records: Sequence[Record], cfg: GradientConfig = GradientConfig(),
                     *, name: str = "", progress: Progress | None = None) -> GradientProfile:
     """The per-position safety gradient of `model` on `records` (each with a response: the target)."""
-    if cfg.max_positions < 1 or cfg.param_positions < 0 or cfg.batch_size < 1:
-        raise BadInput("--max-positions and --batch-size must be >= 1, --param-positions >= 0")
+    if cfg.max_positions < 1 or cfg.param_positions < 0 or cfg.batch_size < 1 or cfg.prefix_tokens < 0:
+        raise BadInput("--max-positions and --batch-size must be >= 1, --param-positions and --prefix-tokens >= 0")
     targets = [r for r in records if r.response]
     if not targets:
         raise BadInput("no record has a response: the safety gradient needs the target the model is trained on")
+    if cfg.prefix_tokens:
+        targets = [r for r in targets if len(response_ids(tokenizer, r.response or "")) > cfg.prefix_tokens]
+        if not targets:
+            raise BadInput(f"no response is longer than --prefix-tokens {cfg.prefix_tokens}: nothing is left "
+                           "to take the loss on")
     blocks = _blocks(model)
     layer = len(blocks) // 2 if cfg.layer is None else cfg.layer
     if not 0 <= layer < len(blocks):
@@ -96,7 +105,7 @@ def safety_gradient(model: Any, tokenizer: Any, records: Sequence[Record], cfg: 
     try:
         for start in range(0, len(targets), cfg.batch_size):
             batch = targets[start:start + cfg.batch_size]
-            logits, ys, mask = _forward(model, tokenizer, batch, T, cfg.thinking, device)
+            logits, ys, mask = _forward(model, tokenizer, batch, T, cfg, device)
             logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
             p = logp.exp()
             # ||softmax - onehot(y)||^2 = sum_{v != y} p_v^2 + (1 - p_y)^2, each term computed without
@@ -120,21 +129,23 @@ def safety_gradient(model: Any, tokenizer: Any, records: Sequence[Record], cfg: 
             tick(len(batch))
     finally:
         model.train(was_training)
-    return _profile(name, layer, len(targets), logit_sum, logit_n, param_sum, param_n)
+    return replace(_profile(name, layer, len(targets), logit_sum, logit_n, param_sum, param_n),
+                   prefix_tokens=cfg.prefix_tokens)
 
 
-def _forward(model: Any, tokenizer: Any, batch: Sequence[Record], T: int, thinking: bool,
+def _forward(model: Any, tokenizer: Any, batch: Sequence[Record], T: int, cfg: GradientConfig,
              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher-forced logits at the first T response positions: (B, T, V) logits predicting each
-    target token, the targets (B, T) and a mask of real positions (B, T)."""
+    """Teacher-forced logits at the first T target positions (after the response's forced prefix):
+    (B, T, V) logits predicting each target token, the targets (B, T) and a mask of real positions (B, T)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     seqs, starts, lengths = [], [], []
     for r in batch:
-        prompt = prompt_ids(tokenizer, r.messages(), thinking=thinking)
+        prompt = prompt_ids(tokenizer, r.messages(), thinking=cfg.thinking)
         if not prompt:
             bos = tokenizer.bos_token_id
             prompt = [bos if bos is not None else tokenizer.eos_token_id]
-        resp = response_ids(tokenizer, r.response or "")[:T]
+        whole = response_ids(tokenizer, r.response or "")
+        prompt, resp = prompt + whole[:cfg.prefix_tokens], whole[cfg.prefix_tokens:][:T]
         seqs.append(prompt + resp)
         starts.append(len(prompt))
         lengths.append(len(resp))
@@ -201,7 +212,8 @@ def plot_gradient(profiles: Sequence[GradientProfile], path: str | Path, index: 
             ys = prof.per_position.get(key, [])
             pts = [(t + 1, y) for t, y in enumerate(ys) if y is not None]
             if pts:
-                ax.plot(*zip(*pts), marker=".", label=f"{prof.model} (block {prof.layer})")
+                after = f", after {prof.prefix_tokens} tokens" if prof.prefix_tokens else ""
+                ax.plot(*zip(*pts), marker=".", label=f"{prof.model} (block {prof.layer}{after})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(title)

@@ -233,8 +233,9 @@ def comparison_table(rows: list[Any], models: list[str], title: str) -> Table:
 
 def gradient_table(profile: Any) -> Table:
     """The safety gradient per position bucket (`bftcore.gradient.GradientProfile`)."""
+    after = f"; positions after a {profile.prefix_tokens}-token prefix" if profile.prefix_tokens else ""
     table = Table(title=f"safety SFT gradient of {profile.model} ({profile.records} records; parameters of block "
-                        f"{profile.layer})", title_justify="left")
+                        f"{profile.layer}{after})", title_justify="left")
     for col in ("positions", "tokens", "‖∂ℓ/∂logits‖", "‖mean ∇θ ℓ‖"):
         table.add_column(col, justify="right")
     for b, n, lg, pg in zip(profile.buckets, profile.positions, profile.logit_grad, profile.param_grad):

@@ -199,6 +199,9 @@ def _index_tokenizer(idx: Any, tokenizer: str | None) -> Any:
 @click.option("--param-positions", type=click.IntRange(min=0), default=64, show_default=True,
               help="Positions with a parameter gradient (one backward pass each per batch; 0: logits only).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--prefix-tokens", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The first K tokens of each response are a forced prefix outside the loss (records whose "
+                   "response is a harmful prefix then a recovery: the recovery's gradient at depth K).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N records.")
 @click.option("--index", "index_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An index (.bfti) whose R_t and KL the plot shows beside the gradient.")
@@ -212,7 +215,7 @@ def _index_tokenizer(idx: Any, tokenizer: str | None) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as one JSON object.")
 @corpus_options
 def gradient(model: str, data: tuple[Path, ...], layer: int | None, max_positions: int, param_positions: int,
-             batch_size: int, limit: int | None, index_path: Path | None, plot: Path | None, out: Path | None,
+             batch_size: int, prefix_tokens: int, limit: int | None, index_path: Path | None, plot: Path | None, out: Path | None,
              name: str | None, device: str, dtype: str, thinking: bool, as_json: bool, read: Any) -> None:
     """Measure how much gradient safety training sends to each response position.
 
@@ -225,6 +228,7 @@ def gradient(model: str, data: tuple[Path, ...], layer: int | None, max_position
     \b
     Example:
       bftcore gradient base/ --data refusals.jsonl --index corpus.bfti --plot gradient.png --out run/gradient.json
+      bftcore gradient aligned/ --data recoveries-at-20.jsonl --prefix-tokens 20
     """
     from bftcore import index as bfti
     from bftcore.corpus import read_corpus
@@ -238,7 +242,7 @@ def gradient(model: str, data: tuple[Path, ...], layer: int | None, max_position
     dev = resolve_device(device)
     m = load_model(model, device=dev, dtype=torch_dtype(resolve_dtype(dtype, str(dev))))
     cfg = GradientConfig(max_positions=max_positions, param_positions=param_positions, layer=layer,
-                         batch_size=batch_size, thinking=thinking)
+                         batch_size=batch_size, thinking=thinking, prefix_tokens=prefix_tokens)
     with progress_bars() as bar:
         profile = safety_gradient(m, load_tokenizer(model), records, cfg,
                                   name=name or Path(model).resolve().name, progress=bar)
