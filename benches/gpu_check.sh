@@ -3,8 +3,9 @@
 #   1. installs the wheel (the path given, or dist/bftcore-*-abi3-*.whl; `make wheel` if none) into a
 #      fresh virtual environment that sees the machine's torch (never installed twice)
 #   2. runs `bftcore demo --device cuda` on the toy world (a cache of its own: a cold run)
-#   3. scoring and a few completion-training steps on a randomly initialised ~1.2B-parameter Llama in
-#      bf16 (benches/gpu_throughput.py): tokens/s and the fraction of the GPU's bf16 FLOP limit
+#   3. the GPU's own peaks (matmul FLOP/s measured, memory bandwidth) and scoring, completion training
+#      and generation on the toy models, a ~90M-parameter and a ~1.2B-parameter random Llama in bf16
+#      (benches/efficiency.py): tokens/s and the fraction of the measured and the data-sheet bf16 peak
 # Usage: benches/gpu_check.sh [WHEEL]      Everything it writes goes to $OUT (default /tmp/bftcore-gpu-check).
 # Without an NVIDIA GPU it says "not run" and exits 2.
 set -euo pipefail
@@ -46,5 +47,5 @@ for c in failed:
 PY
 
 start=$SECONDS
-python benches/gpu_throughput.py --device cuda --preset 1b --json-out "$WORK/throughput.json" | tee "$WORK/throughput.md"
-echo "throughput: $((SECONDS - start)) s; results in $WORK"
+python benches/efficiency.py --device cuda --presets toy mid 1b --json-out "$WORK/efficiency.json" | tee "$WORK/efficiency.md"
+echo "efficiency: $((SECONDS - start)) s; results in $WORK"

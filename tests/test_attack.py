@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -578,3 +579,28 @@ def test_lm_eval_runs_a_local_task_on_toy_models(toy, tmp_path: Path) -> None:  
         (m,) = [m for m in json.loads(r.stdout)["measures"] if m["metric"] == "lm-eval:toy_benign_choice:acc,none"]
         acc[name] = m["value"]
     assert acc["aligned"] >= 0.8 and acc["aligned"] > acc["random"] + 0.2, acc
+
+
+def test_attack_under_torchrun_gives_the_rows_of_one_process(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two ranks share every generation (greedy, sampled, RAP's next-token log-probs) and rank 0
+    reports the rows and samples one process gives; the other rank prints nothing."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["attack", str(toy.model_dir("llama", "aligned")), "--attack", "direct,prefill,prefill-sampled,rap",
+            "--k", "5,20", "--samples", "2", "--data", str(toy.data_dir / "harmful_heldout.jsonl"), "--judge", "exact",
+            "--limit", "23", "--max-new-tokens", "32", "--device", "cpu"]
+    one = run_cli(*args, "--out", str(tmp_path / "one"), "--json")
+    assert one.returncode == 0, one.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537",
+           "-m", "bftcore", *args, "--out", str(tmp_path / "two"), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BFTCORE_PROGRESS_EVERY": "0"}
+    two = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    # rank 0 (the one that reports progress) decoded its share: 12 of the 23 direct requests
+    done = re.findall(r"aligned direct (\d+)/23$", two.stderr, re.M)
+    assert done and done[-1] == "12", two.stderr[-2000:]
+    assert json.loads(two.stdout)["rows"] == json.loads(one.stdout)["rows"]  # one JSON object: rank 0's
+    samples = [pq.read_table(tmp_path / d / "samples.parquet").to_pylist() for d in ("one", "two")]
+    assert samples[0] == samples[1] and len(samples[0]) == 23 + 2 * 23 + 2 * 2 * 23 + 2 * 23

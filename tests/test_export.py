@@ -302,8 +302,93 @@ def test_server_backend_over_loopback(toy, exported) -> None:  # type: ignore[no
         assert r.returncode == 0, r.stderr
         rows = {(x["attack"], x["k"]): x["x"] for x in json.loads(r.stdout)["rows"]}
         assert rows == {k: v for k, v in want.items() if k[0] == "prefill"}
-    with pytest.raises(BadInput, match="cannot reach"):
-        ServerGenerator(url, gen.tokenizer, timeout=2).generate([[1, 2, 3]], Decoding(4))
+    with pytest.raises(BadInput, match=r"cannot reach the server \(3 attempts"):
+        ServerGenerator(url, gen.tokenizer, timeout=2, retries=2, backoff=0.01).generate([[1, 2, 3]], Decoding(4))
+
+
+class _Gate:
+    """An HTTP proxy in front of the real server: it answers the first `fail` requests with
+    `status`, holds each forwarded one `hold` seconds, and counts the requests open at once."""
+
+    def __init__(self, upstream: str, *, fail: int = 0, status: int = 503, hold: float = 0.0) -> None:
+        import http.server
+        import threading
+        import urllib.request
+
+        gate = self
+        self.open = self.most_open = self.seen = 0
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with gate.lock:
+                    gate.seen += 1
+                    refuse = gate.seen <= fail
+                    gate.open += 1
+                    gate.most_open = max(gate.most_open, gate.open)
+                try:
+                    if refuse:
+                        self.send_response(status)
+                        self.end_headers()
+                        self.wfile.write(b"not now")
+                        return
+                    import time
+                    time.sleep(hold)
+                    req = urllib.request.Request(upstream + self.path, data=body,
+                                                 headers={"Content-Type": "application/json"})
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        answer = r.read()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                finally:
+                    with gate.lock:
+                        gate.open -= 1
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_server_requests_in_flight_retries_and_errors(toy, exported) -> None:  # type: ignore[no-untyped-def]
+    """Requests overlap up to --in-flight (never more) with the rows of one at a time; a server that
+    answers 503 for a while is waited out; a 400 is reported at once, in one line."""
+    gguf = exported["llama", "q8_0"]
+    prompts = [r.prompt for r in read_corpus([toy.data_dir / "harmful_heldout.jsonl"])[0][:12]]
+    with llama_server(gguf) as url:
+        tok = GGUFTokenizer(open_llama(gguf, n_ctx=64))
+        inputs = [ServerGenerator(url, tok).prompt_ids(p) for p in prompts]
+        one = ServerGenerator(url, tok, in_flight=1).generate(inputs, Decoding(24))
+        gate = _Gate(url, hold=0.2)
+        try:
+            assert ServerGenerator(gate.url, tok, in_flight=4).generate(inputs, Decoding(24)) == one
+            assert gate.most_open == 4, gate.most_open
+        finally:
+            gate.close()
+        gate = _Gate(url, fail=3)
+        try:  # three 503s: the first request's retries wait them out
+            assert ServerGenerator(gate.url, tok, in_flight=1, backoff=0.01).generate(inputs[:2], Decoding(24)) == one[:2]
+            assert gate.seen == 5
+        finally:
+            gate.close()
+        gate = _Gate(url, fail=100, status=400)
+        try:
+            with pytest.raises(BadInput, match="HTTP 400 "):
+                ServerGenerator(gate.url, tok, in_flight=1, backoff=0.01).generate(inputs, Decoding(24))
+            assert gate.seen == 1  # no retry of a 400, and nothing sent after it
+            with pytest.raises(BadInput, match="HTTP 400 "):
+                ServerGenerator(gate.url, tok, in_flight=4, backoff=0.01).generate(inputs, Decoding(24))
+        finally:
+            gate.close()
 
 
 # ---- the command line --------------------------------------------------------------------------------

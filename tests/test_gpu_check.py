@@ -25,14 +25,21 @@ def test_without_a_gpu_the_check_says_not_run(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_the_throughput_bench_runs_on_a_cpu_at_a_tiny_size(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_efficiency_bench_runs_on_a_cpu_at_a_tiny_size(toy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The GPU run's efficiency part, on the CPU at a tiny size: peaks measured, each workload's
+    FLOPs counted and set against the matmul peak (no data-sheet figure without a GPU)."""
     out = tmp_path / "t.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benches" / "gpu_throughput.py"), "--device", "cpu", "--preset",
-                        "tiny", "--docs", "12", "--steps", "2", "--batch-size", "8", "--json-out", str(out)],
+    r = subprocess.run([sys.executable, str(ROOT / "benches" / "efficiency.py"), "--presets", "tiny", "--docs", "6",
+                        "--steps", "2", "--prompts", "4", "--json-out", str(out)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(out.read_text())
-    assert got["device"] == "cpu" and got["peak_bf16_flops"] is None and got["scoring"]["mfu"] is None
-    assert got["scoring"]["tokens_per_s"] > 0 and got["training"]["tokens_per_s"] > 0
-    assert got["training"]["steps"] == 2 and math.isfinite(got["training"]["loss_last"])
-    assert "| scoring (2 models, forward) |" in r.stdout and "n/a (peak unknown)" in r.stdout
+    m = got["machine"]
+    assert m["matmul_float32"] > 1e8 and m["read_bytes_per_s"] > 1e8 and "datasheet_bf16" not in m
+    scoring, training, generation = got["presets"]["tiny"]["workloads"]
+    for w in (scoring, training, generation):
+        assert w["flops"] > 0 and w["tokens"] > 0 and math.isfinite(w["fraction_of_matmul_peak"])
+    # the counted FLOPs are the run's own: more documents' padding only adds, never removes
+    assert 0 < scoring["useful_flops"] <= scoring["flops"]
+    assert training["what"] == "training step (bft, batch 8)" and generation["tokens"] <= 4 * 32
+    assert "| dense matmul, float32 |" in r.stdout and "| tiny (" in r.stdout

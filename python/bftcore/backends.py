@@ -333,21 +333,33 @@ def _check_external_data(graph: Path) -> None:
 
 # ---- a llama.cpp server over HTTP -------------------------------------------------------------
 class ServerGenerator:
-    """An OpenAI-compatible completions endpoint (`python -m llama_cpp.server`), with the tokenizer
-    of the artifact it serves kept here: the endpoint takes text, so each input's token ids are
-    decoded (special tokens kept) and the server tokenizes them again. Sampling happens inside the
-    server with its own seed per request; every other sampler (repeat penalty, min-p) is switched
-    off. Next-token log-probs come from the endpoint's top-n (`logprobs`), mapped back to ids by
-    their text; tokens outside the top-n get -inf.
+    """An OpenAI-compatible completions endpoint (llama.cpp's server, vLLM, SGLang, TGI), with the
+    tokenizer of the artifact it serves kept here: the endpoint takes text, so each input's token
+    ids are decoded (special tokens kept) and the server tokenizes them again. Sampling happens
+    inside the server with its own seed per request; every other sampler (repeat penalty, min-p) is
+    switched off. Next-token log-probs come from the endpoint's top-n (`logprobs`), mapped back to
+    ids by their text; tokens outside the top-n get -inf.
+
+    Up to `in_flight` requests are open at once, so a batching server fills its slots; results come
+    back in input order, the same rows as one at a time. A request that fails in a way that may pass
+    (no connection, a reset, HTTP 429 or 5xx) is tried again `retries` times with growing pauses;
+    then, or at once for any other HTTP error, BadInput names the server and the cause.
     """
 
+    RETRY_STATUS = (429, 500, 502, 503, 504)
+
     def __init__(self, url: str, tokenizer: Any, *, model: str | None = None, top_logprobs: int = 20,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, in_flight: int = 8, retries: int = 3, backoff: float = 0.5) -> None:
+        if in_flight < 1 or retries < 0:
+            raise BadInput("--in-flight must be >= 1 and retries >= 0")
         self.url = url.rstrip("/")
         self.tokenizer = tokenizer
         self.model = model
         self.top_logprobs = top_logprobs
         self.timeout = timeout
+        self.in_flight = in_flight
+        self.retries = retries
+        self.backoff = backoff
         self.eos_ids = {tokenizer.eos_token_id}
         self.arch = ""
         self._by_text: dict[str, int] | None = None
@@ -357,15 +369,46 @@ class ServerGenerator:
         return prompt_ids(self.tokenizer, prompt, chat=chat, thinking=thinking)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        import time
+
+        data = json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            req = urllib.request.Request(f"{self.url}{path}", data=data, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    return dict(json.loads(r.read()))
+            except urllib.error.HTTPError as e:
+                if last or e.code not in self.RETRY_STATUS:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise BadInput(f"{self.url}{path}: HTTP {e.code}{tries} ({e.read()[:200]!r})") from e
+            except (urllib.error.URLError, OSError) as e:
+                if last:
+                    raise BadInput(f"{self.url}: cannot reach the server ({attempt + 1} attempts; {e})") from e
+            time.sleep(self.backoff * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any], on_batch: Callable[[int], None] | None) -> list[Any]:
+        """fn over items, at most `in_flight` at once, results in input order; the first failure
+        cancels what has not started and is raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        out: list[Any] = []
+        if self.in_flight == 1 or len(items) <= 1:
+            for x in items:
+                out.append(fn(x))
+                if on_batch is not None:
+                    on_batch(1)
+            return out
+        pool = ThreadPoolExecutor(max_workers=min(self.in_flight, len(items)), thread_name_prefix="bftcore-server")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return dict(json.loads(r.read()))
-        except urllib.error.HTTPError as e:
-            raise BadInput(f"{self.url}{path}: HTTP {e.code} ({e.read()[:200]!r})") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise BadInput(f"{self.url}: cannot reach the server ({e})") from e
+            for future in [pool.submit(fn, x) for x in items]:
+                out.append(future.result())
+                if on_batch is not None:
+                    on_batch(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return out
 
     def _complete(self, ids: Sequence[int], d: Decoding, seed: int, max_tokens: int,
                   logprobs: int | None = None) -> dict[str, Any]:
@@ -384,13 +427,12 @@ class ServerGenerator:
     def generate(self, inputs: Sequence[Sequence[int]], decoding: Decoding, seeds: Sequence[int] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
         seeds = list(seeds) if seeds is not None else [decoding.seed + i for i in range(len(inputs))]
-        out = []
-        for x, s in zip(inputs, seeds):
-            text = self._complete(x, decoding, s, decoding.max_new_tokens)["choices"][0]["text"]
-            out.append(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else [])
-            if on_batch is not None:
-                on_batch(1)
-        return out
+
+        def one(job: tuple[Sequence[int], int]) -> list[int]:
+            text = self._complete(job[0], decoding, job[1], decoding.max_new_tokens)["choices"][0]["text"]
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+        return self._map(one, list(zip(inputs, seeds)), on_batch)
 
     def _ids_by_text(self) -> dict[str, int]:
         if self._by_text is None:
@@ -402,8 +444,9 @@ class ServerGenerator:
     def next_logprobs(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
         out = np.full((len(inputs), len(self.tokenizer)), -np.inf, dtype=np.float32)
         by_text = self._ids_by_text()
-        for r, x in enumerate(inputs):
-            choice = self._complete(x, Decoding(1), 0, 1, logprobs=self.top_logprobs)["choices"][0]
+        choices = self._map(lambda x: self._complete(x, Decoding(1), 0, 1, logprobs=self.top_logprobs)["choices"][0],
+                            list(inputs), None)
+        for r, choice in enumerate(choices):
             top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
             if not top[0]:
                 raise BadInput(f"{self.url} returned no log-probs (start the server with --logits_all true)")
@@ -436,9 +479,9 @@ def check_dtype(kind: str, dtype: str) -> None:
 
 
 def open_generator(target: str | Path, backend: str = "auto", *, device: str = "cpu",
-                   tokenizer: str | Path | None = None, dtype: str = "auto") -> Any:
+                   tokenizer: str | Path | None = None, dtype: str = "auto", in_flight: int = 8) -> Any:
     """A generator for a model directory, GGUF file, ONNX directory or server URL; `dtype` (a
-    `bftcore.precision` name) is the torch backend's."""
+    `bftcore.precision` name) is the torch backend's, `in_flight` the server's open requests."""
     if backend not in BACKENDS:
         raise BadInput(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     kind = detect_backend(target) if backend == "auto" else backend
@@ -452,7 +495,7 @@ def open_generator(target: str | Path, backend: str = "auto", *, device: str = "
             raise BadInput(f"--backend server needs an http:// URL, got {target}")
         if tokenizer is None:
             raise BadInput("--backend server needs --tokenizer (the served GGUF file or a tokenizer directory)")
-        return ServerGenerator(str(target), _tokenizer_of(tokenizer))
+        return ServerGenerator(str(target), _tokenizer_of(tokenizer), in_flight=in_flight)
     from bftcore.generate import TorchGenerator
     from bftcore.models import load_model, load_tokenizer
     from bftcore.precision import torch_dtype
@@ -465,7 +508,7 @@ def open_generator(target: str | Path, backend: str = "auto", *, device: str = "
 
 def open_target(target: str | Path, backend: str = "auto", *, device: str = "cpu",
                 tokenizer: str | Path | None = None, contrast_base: str | Path | None = None,
-                contrast_gamma: float = 2.0, dtype: str = "auto") -> tuple[Any, str]:
+                contrast_gamma: float = 2.0, dtype: str = "auto", in_flight: int = 8) -> tuple[Any, str]:
     """(generator, architecture) of a model to attack: a transformers model directory (a pickle-only
     one converted first, see `models.resolve_model`), a .gguf file, an ONNX export directory, or a
     server URL (with `tokenizer`: the served GGUF file or a tokenizer directory). `contrast_base`,
@@ -475,7 +518,7 @@ def open_target(target: str | Path, backend: str = "auto", *, device: str = "cpu
     if kind != "torch" or str(target).startswith(("http://", "https://")):
         if contrast_base is not None:
             raise BadInput(f"--contrast-base needs the torch backend, not {kind}")
-        gen = open_generator(target, kind, device=device, tokenizer=tokenizer, dtype=dtype)
+        gen = open_generator(target, kind, device=device, tokenizer=tokenizer, dtype=dtype, in_flight=in_flight)
         return gen, str(gen.arch)
     from bftcore.generate import Contrast
     from bftcore.models import check_same_tokenizer, load_model, load_tokenizer, resolve_model

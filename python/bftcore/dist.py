@@ -2,7 +2,8 @@
 
 `init()` starts the group when torchrun started this process (WORLD_SIZE > 1): nccl with one GPU
 per process when there are GPUs, gloo otherwise. Everything else asks `rank_world()`, which is
-(0, 1) outside torchrun, and calls `barrier()`, which is a no-op there.
+(0, 1) outside torchrun, and calls `barrier()`, which is a no-op there. `RankSplitGenerator`
+splits a generator's work over the ranks (`bftcore attack` under torchrun).
 """
 
 from __future__ import annotations
@@ -57,3 +58,45 @@ def local_device(device: str) -> str:
 
         return f"cuda:{torch.cuda.current_device()}"
     return device
+
+
+def gather_in_order(mine: list, rank: int, world: int, total: int) -> list:  # type: ignore[type-arg]
+    """The items of every rank, each rank having computed items rank, rank + world, ...: the whole
+    list, in order, on every rank."""
+    import torch.distributed as dist
+
+    parts: list[list] = [[] for _ in range(world)]  # type: ignore[type-arg]
+    dist.all_gather_object(parts, mine)
+    out = [None] * total
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
+
+
+class RankSplitGenerator:
+    """A generator whose work is split over the ranks: each call's inputs go round-robin to the
+    ranks, each rank decodes its share, and every rank gets every output back in order. The attack
+    code above it runs unchanged on each rank, with the same inputs and seeds per input, so the rows
+    are those of one process. Anything else (the tokenizer, the model) is the wrapped generator's."""
+
+    def __init__(self, gen: object) -> None:
+        self.gen = gen
+        self.rank, self.world = rank_world()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.gen, name)
+
+    def generate(self, inputs, decoding, seeds=None, on_batch=None):  # type: ignore[no-untyped-def]
+        seeds = list(seeds) if seeds is not None else [decoding.seed + i for i in range(len(inputs))]
+        share = list(inputs)[self.rank::self.world]
+        mine = self.gen.generate(share, decoding, seeds=seeds[self.rank::self.world],  # type: ignore[attr-defined]
+                                 on_batch=on_batch) if share else []
+        return gather_in_order(mine, self.rank, self.world, len(inputs))
+
+    def next_logprobs(self, inputs):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        share = list(inputs)[self.rank::self.world]
+        mine = list(self.gen.next_logprobs(share)) if share else []  # type: ignore[attr-defined]
+        rows = gather_in_order(mine, self.rank, self.world, len(inputs))
+        return np.stack(rows) if rows else self.gen.next_logprobs([])  # type: ignore[attr-defined]

@@ -67,6 +67,8 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
               "server for an http:// URL, else torch.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path),
               help="With --backend server: the served GGUF file (or a tokenizer directory).")
+@click.option("--in-flight", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --backend server: requests open at once (a batching server fills its slots with them).")
 @click.option("--name", help="Model name in the rows (default: the directory's name).")
 @click.option("--tag", default="", help="Suffix for the attack names in the rows (e.g. the data's style).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N records.")
@@ -97,7 +99,7 @@ def _attack_config(ks: str, samples: int, temperature: float, top_p: float, max_
 @options_to("cfg", _attack_config, "ks", "samples", "temperature", "top_p", "max_new_tokens", "seed", "thinking",
             "deep_ks", "deep_tail", "shots", "restart_refusal")
 def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, backend: str,
-           tokenizer_path: Path | None, name: str | None, tag: str, limit: int | None, cfg: Any,
+           tokenizer_path: Path | None, in_flight: int, name: str | None, tag: str, limit: int | None, cfg: Any,
            benign: Path | None, kl_to: Path | None, refusal_keywords: Path | None, judge_template: Path | None,
            judge_label: str | None, toy_seed: int, lm_eval_tasks: str | None, lm_eval_include: Path | None,
            contrast_base: Path | None,
@@ -105,7 +107,8 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
     """Attack a model and report each attack's success rate (x/n, 95% Wilson interval).
 
     Prefilling forces the first k tokens of each record's harmful response as the start of the
-    answer; the forced text is never judged as the model's output.
+    answer; the forced text is never judged as the model's output. Under torchrun every
+    generation is split over the ranks (one GPU each) and rank 0 reports the rows one process gives.
 
     \b
     Example:
@@ -113,9 +116,11 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
           --data harmful.jsonl --judge refusal --out results/
       bftcore attack hardened-q8_0.gguf --backend llamacpp --attack prefill --data harmful.jsonl
       bftcore attack http://127.0.0.1:8000 --backend server --tokenizer hardened-q8_0.gguf \\
-          --attack prefill --data harmful.jsonl
+          --attack prefill --data harmful.jsonl --in-flight 16
+      torchrun --nproc-per-node 8 -m bftcore attack aligned/ --attack rap --data harmful.jsonl --device cuda
     """
     from bftcore import attack as atk
+    from bftcore import dist
     from bftcore.backends import detect_backend, open_target
     from bftcore.corpus import read_corpus
     from bftcore.models import resolve_device
@@ -125,13 +130,16 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
     _check_torch_only(kind, benign, lm_eval_tasks, contrast_base, dtype, lm_eval_include)
     if kl_to is not None and not benign:
         raise BadInput("--kl-to measures on the --benign responses: give --benign too")
-    dev = str(resolve_device(device))
+    rank, world = dist.init()  # under torchrun: the ranks share each generation, rank 0 reports
+    dev = dist.local_device(str(resolve_device(device)))
     records = read_corpus(data, read)[0][:limit]
     judge, openers = open_judge(judge_spec, toy_seed, refusal_keywords, judge_template, judge_label, dev)
     gen, arch = open_target(model, kind, device=dev, tokenizer=tokenizer_path, contrast_base=contrast_base,
-                            contrast_gamma=contrast_gamma, dtype=dtype)
+                            contrast_gamma=contrast_gamma, dtype=dtype, in_flight=in_flight)
     label = name or (model if kind == "server" else Path(model).resolve().name)
     model_gen = gen  # perplexity and KL read the model itself
+    if world > 1:
+        gen = dist.RankSplitGenerator(gen)
     if ada_every:
         from bftcore.anydepth import AnyDepthConfig, AnyDepthGenerator
         from bftcore.judge import refusal_opening
@@ -146,6 +154,8 @@ def attack(model: str, attacks: str, data: tuple[Path, ...], judge_spec: str, ba
     if ada_every:
         result.measures.append({"model": label, "arch": arch, "attack": "any-depth", "metric": "ada-reassessed",
                                 "value": gen.reassessed, "tokens": 0})
+    if rank != 0:
+        return
     result.measures += _measures(model_gen, label, arch, model, benign, lm_eval_tasks, dev, cfg.thinking, kl_to,
                                  dtype, lm_eval_include)
     if out:
