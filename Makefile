@@ -5,6 +5,7 @@
 #   make wheel  builds the abi3 wheel and the sdist into dist/ (maturin)
 #   make golden rewrites tests/golden.json after a stage's version in python/bftcore/cache.py was bumped
 #   make docs   regenerates docs/cli.md, records a demo run and redraws the docs' demo output from it
+#   make llama-server  builds llama.cpp's own server (parallel slots) for benches/attack_throughput.py
 # Heavy dependencies go into the machine's Python and are reused: torch is never reinstalled
 # when it imports (pip keeps every requirement that is already satisfied).
 
@@ -15,7 +16,7 @@ PIP := $(PY) -m pip
 
 DIST ?= dist
 
-.PHONY: install demo test lint test-rust test-python wheel golden docs clean
+.PHONY: install demo test lint test-rust test-python wheel golden docs clean llama-server
 
 install:
 	@# headless Chromium renders the HTML report in tests/test_report.py (Debian package; we run as root)
@@ -61,6 +62,9 @@ test-python:
 
 golden:
 	$(PY) tests/golden.py --update
+
+llama-server: install
+	$(PY) benches/build_llama_server.py
 
 docs:
 	$(PY) docs/gen_cli.py

@@ -87,7 +87,7 @@ def peaks(device: torch.device) -> dict[str, Any]:
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        s = best_seconds(lambda: torch.mm(a, b), device, repeat=5)
+        s = best_seconds(lambda a=a, b=b: torch.mm(a, b), device, repeat=5)  # type: ignore[misc]
         out[f"matmul_{str(dtype).removeprefix('torch.')}"] = 2 * n ** 3 / s
     size = (2 << 30) if device.type == "cuda" else (1 << 30)  # bytes, far beyond every cache
     src = torch.ones(size // 4, device=device)

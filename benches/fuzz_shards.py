@@ -3,9 +3,10 @@ index of the undamaged shard; any other exception, or a different index, is a fi
 
 Usage: python benches/fuzz_shards.py [--inputs 1000000] [--workers 2] [--seed 0]
 
-A small synthetic shard (300 rows, k = 4, the real schema, page checksums, metadata digest and the
-SHA-256 file beside it, or `--without-checksum`), mutated in memory (1-3 bit flips anywhere, or a cut), written to /dev/shm and indexed with
-`bftcore.index.build`. Prints the counts per outcome.
+A small synthetic shard (300 rows, k = 4, the real schema: Arrow IPC, shard version 2, its metadata
+digest and the xxh3-128 file beside it, or `--without-checksum`), mutated in memory (1-3 bit flips
+anywhere, or a cut), written to /dev/shm and indexed with `bftcore.index.build`. Prints the counts
+per outcome.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def worker(args: tuple[int, int, bytes, bytes, str]) -> collections.Counter:
     rng = random.Random(seed)
     out: collections.Counter = collections.Counter()
     d = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    path, idx = d / "shard-00000.parquet", d / "x.bfti"
+    path, idx = d / "shard-00000.arrow", d / "x.bfti"
     if sums:
-        (d / "shard-00000.parquet.sha256").write_text(sums)
+        (d / "shard-00000.arrow.xxh3").write_text(sums)
     for _ in range(count):
         raw = bytearray(shard)
         if rng.random() < 0.2:
@@ -87,10 +88,10 @@ def main() -> None:
     ap.add_argument("--without-checksum", action="store_true", help="Without the SHA-256 file beside the shard.")
     a = ap.parse_args()
     d = Path(tempfile.mkdtemp())
-    small_shard(d / "shard-00000.parquet")
-    bfti.build([d / "shard-00000.parquet"], d / "good.bfti")
-    shard, good = (d / "shard-00000.parquet").read_bytes(), arrays((d / "good.bfti").read_bytes())
-    sums = "" if a.without_checksum else (d / "shard-00000.parquet.sha256").read_text()
+    small_shard(d / "shard-00000.arrow")
+    bfti.build([d / "shard-00000.arrow"], d / "good.bfti")
+    shard, good = (d / "shard-00000.arrow").read_bytes(), arrays((d / "good.bfti").read_bytes())
+    sums = "" if a.without_checksum else (d / "shard-00000.arrow.xxh3").read_text()
     chunks = 200
     per = -(-a.inputs // chunks)
     t0 = time.perf_counter()

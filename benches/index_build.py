@@ -2,12 +2,15 @@
 
 Usage: python benches/index_build.py SHARD_DIR [--engines rust,read,numpy,polars-streaming,polars-eager]
 
-Each engine runs in a fresh process over the same shards and computes the same aggregates
-(docs/method.md §1, "The index"): per (label, bucket) counts and sums, per (label, bucket, token)
-occurrences, realised base-favored counts and log-ratio sums, and memberships in B_t. `read` is the
-plain read of the same columns as numpy arrays: the limit that the reading itself sets.
-Prints rows/s, the best seconds of --repeat runs and peak RSS per engine, and ratios against the
-Rust core. Each engine process runs under an address-space cap (--mem-limit-gb).
+Each engine runs in a fresh process over the same shards (Arrow IPC, version 2, or Parquet,
+version 1, as benches/make_shards.py wrote them) and computes the same aggregates (docs/method.md
+§1, "The index"): per (label, bucket) counts and sums, per (label, bucket, token) occurrences,
+realised base-favored counts and log-ratio sums, and memberships in B_t. `read` is the plain read
+of the shards' bytes, no aggregation: for IPC shards the xxh3-128 of every file through a memory
+map (what the Rust core's reader does besides counting), for Parquet shards the decoding of the
+same columns into numpy arrays. Prints rows/s and GB/s of shard bytes, the best seconds of
+--repeat runs and peak RSS per engine (mapped file pages count), and ratios against the Rust core.
+Each engine process runs under an address-space cap (--mem-limit-gb).
 """
 
 from __future__ import annotations
@@ -23,20 +26,23 @@ from pathlib import Path
 
 def run_engine(engine: str, shard_dir: Path) -> dict[str, float]:
     import numpy as np
-    import pyarrow.parquet as pq
 
-    from bftcore import _reference
+    from bftcore import _core, _reference
     from bftcore import index as bfti
-    from bftcore.shards import index_batches, shard_meta, shard_paths
+    from bftcore.shards import count_rows, index_batches, is_ipc, shard_meta, shard_paths
 
     shards = shard_paths(shard_dir)
     k = int(shard_meta(shards[0])["k"])
     vocab = int(shard_meta(shards[0])["vocab_size"])
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    rows = count_rows(shards)
+    size = sum(p.stat().st_size for p in shards)
 
     t0 = time.perf_counter()
     if engine == "rust":
         bfti.build(shards, shard_dir.with_suffix(".bench.bfti"))
+    elif engine == "read" and all(is_ipc(p) for p in shards):  # the bytes through a map, hashed
+        for p in shards:
+            _core.file_xxh3(str(p))
     elif engine == "read":  # the same reader and conversions as bftcore.index.build, no aggregation
         for _ in index_batches(shards, k):
             pass
@@ -54,7 +60,8 @@ def run_engine(engine: str, shard_dir: Path) -> dict[str, float]:
     elif engine.startswith("polars"):
         import polars as pl
 
-        lf = pl.scan_parquet([str(p) for p in shards])
+        paths = [str(p) for p in shards]
+        lf = pl.scan_ipc(paths) if all(is_ipc(p) for p in shards) else pl.scan_parquet(paths)
         if engine == "polars-eager":
             lf = lf.collect().lazy()
         bucket = pl.col("pos").cast(pl.Float64).log(2).ceil().clip(0, 9).cast(pl.UInt8).alias("bucket")
@@ -80,7 +87,8 @@ def run_engine(engine: str, shard_dir: Path) -> dict[str, float]:
         raise SystemExit(f"unknown engine {engine}")
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mib": peak}
+    return {"rows": rows, "bytes": size, "seconds": seconds, "rows_per_s": rows / seconds,
+            "gb_per_s": size / seconds / 1e9, "peak_rss_mib": peak}
 
 
 def main() -> None:
@@ -116,14 +124,14 @@ def main() -> None:
                     results[engine] = got
             print(engine, results[engine], flush=True)
     rust = results.get("rust", {}).get("seconds")
-    print("\n| engine | rows | seconds | rows/s | peak RSS MiB | time / rust |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| engine | rows | seconds | rows/s | GB/s | peak RSS MiB | time / rust |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for engine, r in results.items():
         if "error" in r:
-            print(f"| {engine} | | failed: {r['error']} | | | |")
+            print(f"| {engine} | | failed: {r['error']} | | | | |")
             continue
         ratio = f"{r['seconds'] / rust:.2f}x" if rust else ""
-        print(f"| {engine} | {r['rows']:.3g} | {r['seconds']:.1f} | {r['rows_per_s']:.3g} | "
+        print(f"| {engine} | {r['rows']:.3g} | {r['seconds']:.2f} | {r['rows_per_s']:.3g} | {r['gb_per_s']:.2f} | "
               f"{r['peak_rss_mib']:.0f} | {ratio} |")
 
 

@@ -1,6 +1,10 @@
 """Synthetic scored shards for the index benchmarks (the schema of docs/formats.md "Scored shards", bftcore metadata).
 
 Usage: python benches/make_shards.py --rows 10000000 --out /tmp/shards-1e7 [--k 20] [--vocab 32000]
+                                     [--format arrow|parquet]
+
+`--format arrow` (the default) writes shard version 2 (Arrow IPC) as `bftcore score` does now;
+`parquet` writes version 1, as bftcore did before.
 
 Realistic shapes, not realistic models: Zipf-distributed tokens, documents of 50-400 tokens,
 two labels, log-probs and top-k drawn at random. Deterministic for a seed.
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bftcore.shards import write_shard
+from bftcore.shards import SUFFIX, write_shard
 
 ROWS_PER_SHARD = 1_000_000
 
@@ -51,7 +55,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--format", choices=["arrow", "parquet"], default="arrow")
     a = ap.parse_args()
+    suffix = SUFFIX if a.format == "arrow" else ".parquet"
     a.out.mkdir(parents=True, exist_ok=True)
     meta = {"format": "bftcore-scored-shard", "version": 1, "base": "synthetic-base",
             "aligned": "synthetic-aligned", "tokenizer_hash": "synthetic", "k": a.k, "tau": 0.0,
@@ -61,7 +67,7 @@ def main() -> None:
     while left > 0:
         n = min(ROWS_PER_SHARD, left)
         table, doc = shard(rng, n, a.k, a.vocab, doc)
-        write_shard(table, a.out / f"shard-{i:05d}.parquet", meta)  # as bftcore score writes them
+        write_shard(table, a.out / f"shard-{i:05d}{suffix}", meta)  # as bftcore score writes them
         left, i = left - n, i + 1
     print(f"{a.rows} rows in {i} shards under {a.out}")
 

@@ -14,7 +14,7 @@ import pytest
 from bftcore.corpus import read_corpus
 from bftcore.index import Index, build
 from bftcore.score import ScoreConfig, score_corpus
-from bftcore.shards import SHARD_FORMAT, SHARD_VERSION, checksum_path, shard_paths, write_shard
+from bftcore.shards import SHARD_FORMAT, SHARD_VERSION, SUFFIX, checksum_path, shard_paths, write_shard
 from bftcore.toy.check import signal_decay_checks
 from conftest import run_cli, shared_data
 
@@ -37,8 +37,10 @@ def heldout(toy, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ign
     return out
 
 
-def fake_shards(directory: Path, n: int = 3, rows: int = 50, k: int = 4, vocab: int = 64) -> list[Path]:
-    """`n` small scored shards of random statistics, written as `score` writes them (no model)."""
+def fake_shards(directory: Path, n: int = 3, rows: int = 50, k: int = 4, vocab: int = 64,
+                suffix: str = SUFFIX) -> list[Path]:
+    """`n` small scored shards of random statistics, written as `score` writes them (no model);
+    `suffix` ".parquet": as bftcore wrote them before shard version 2."""
     import pyarrow as pa
 
     rng = np.random.default_rng(len(str(directory)))
@@ -60,17 +62,17 @@ def fake_shards(directory: Path, n: int = 3, rows: int = 50, k: int = 4, vocab: 
             "topk_lp_base": pa.FixedSizeListArray.from_arrays(floats(rows * k), k),
             "topk_lp_aligned": pa.FixedSizeListArray.from_arrays(floats(rows * k), k),
         })
-        paths.append(directory / f"shard-{i:05d}.parquet")
+        paths.append(directory / f"shard-{i:05d}{suffix}")
         write_shard(table, paths[-1], meta)
     return paths
 
 
 def renamed(shards: list[Path], to: Path, *, drop_sums: int | None = None) -> Path:
-    """The shards copied to `to` as Spark/Ray/Dask name theirs (part-00000.parquet), each with its
+    """The shards copied to `to` as Spark/Ray/Dask name theirs (part-00000.arrow), each with its
     checksum file renamed beside it, but for shard `drop_sums` (shards from elsewhere have none)."""
     to.mkdir()
     for i, shard in enumerate(shards):
-        part = to / f"part-{i:05d}.parquet"
+        part = to / f"part-{i:05d}{shard.suffix}"
         part.write_bytes(shard.read_bytes())
         if i != drop_sums:
             checksum_path(part).write_bytes(checksum_path(shard).read_bytes())
@@ -78,21 +80,30 @@ def renamed(shards: list[Path], to: Path, *, drop_sums: int | None = None) -> Pa
 
 
 # ---- fast: shards made up, no model ------------------------------------------------------------
-def test_renamed_shards_index_to_the_same_bytes(tmp_path: Path) -> None:
-    """Shards are known by their footer, not their names: renamed part-*.parquet, with or without
-    their checksum files, give the byte-identical index; a renamed damaged one is still caught."""
-    shards = fake_shards(tmp_path / "shards")
+@pytest.mark.parametrize("suffix", [".arrow", ".parquet"])
+def test_renamed_shards_index_to_the_same_bytes(tmp_path: Path, suffix: str) -> None:
+    """Shards are known by their footer, not their names: renamed part-*, with or without their
+    checksum files, give the byte-identical index; a renamed damaged one is still caught; Arrow
+    IPC shards (version 2) and Parquet ones (version 1) of the same rows, the same index."""
+    shards = fake_shards(tmp_path / "shards", suffix=suffix)
     r = run_cli("index", str(tmp_path / "shards"), "--out", str(tmp_path / "a.bfti"))
     assert r.returncode == 0, r.stderr
     parts = renamed(shards, tmp_path / "parts", drop_sums=1)
     r = run_cli("index", str(parts), "--out", str(tmp_path / "b.bfti"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "b.bfti").read_bytes() == (tmp_path / "a.bfti").read_bytes()
-    damaged = bytearray((parts / "part-00002.parquet").read_bytes())
-    damaged[100] ^= 1  # the checksum renamed with it still guards it
-    (parts / "part-00002.parquet").write_bytes(bytes(damaged))
+    other = ".parquet" if suffix == ".arrow" else ".arrow"
+    fake_shards(tmp_path / "twin_s", suffix=other)  # a name as long as "shards": the same rows
+    r = run_cli("index", str(tmp_path / "twin_s"), "--out", str(tmp_path / "o.bfti"))
+    assert r.returncode == 0, r.stderr
+    assert Index(tmp_path / "o.bfti").to_json(top=5)["buckets"] == Index(tmp_path / "a.bfti").to_json(top=5)["buckets"]
+    damaged = bytearray((parts / f"part-00002{suffix}").read_bytes())
+    damaged[len(damaged) // 2] ^= 1  # the checksum renamed with it still guards it
+    (parts / f"part-00002{suffix}").write_bytes(bytes(damaged))
     r = run_cli("index", str(parts), "--out", str(tmp_path / "c.bfti"))
-    assert r.returncode == 2 and "part-00002.parquet: checksum mismatch" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"part-00002{suffix}: checksum mismatch" in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("[")]  # but progress lines
+    assert len(errors) == 1 and "Traceback" not in r.stderr and not (tmp_path / "c.bfti").exists(), r.stderr
 
 
 def test_a_directory_mixing_shards_and_other_parquet_is_refused(tmp_path: Path) -> None:
@@ -105,7 +116,7 @@ def test_a_directory_mixing_shards_and_other_parquet_is_refused(tmp_path: Path) 
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "mixes scored shards (shard-00000.parquet)" in lines[0] and "extra.parquet" in lines[0], lines[0]
+    assert "mixes scored shards (shard-00000.arrow)" in lines[0] and "extra.parquet" in lines[0], lines[0]
     # plain Parquet records alone are a corpus (to score), not shards
     (tmp_path / "corpus").mkdir()
     (tmp_path / "d" / "extra.parquet").rename(tmp_path / "corpus" / "records.parquet")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,6 +27,7 @@ from bftcore.judge import KeywordJudge
 from bftcore.models import load_model, load_tokenizer
 from bftcore.precision import resolve_dtype
 from bftcore.score import ScoreConfig, shard_stats
+from bftcore.shards import COLUMNS, read_shard_table
 from bftcore.toy.language import RECOVERY_REFUSALS, REFUSALS
 from conftest import family_pair, run_cli
 
@@ -84,7 +84,7 @@ def test_scoring_in_bf16_agrees_with_float32_to_bf16_precision(toy, files, tmp_p
         assert r.returncode == 0, r.stderr
         manifest = json.loads((tmp_path / dtype / "manifest.json").read_text())
         assert manifest["dtype"] == dtype and manifest["thinking"] is bool(extra)  # recorded as run
-        tables[dtype] = pq.read_table(tmp_path / dtype / "shard-00000.parquet")
+        tables[dtype] = read_shard_table(tmp_path / dtype / "shard-00000.arrow", COLUMNS)
     a, b = tables["float32"], tables["bfloat16"]
     assert a.num_rows > 100 and a.column("token").equals(b.column("token"))
     for name in ("lp_base", "lp_aligned", "kl", "retain"):

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from bftcore.corpus import Record, read_corpus
 from bftcore.errors import BadInput
 from bftcore.score import ScoreConfig, score_corpus
-from bftcore.shards import shard_paths
+from bftcore.shards import COLUMNS, read_shard_table, shard_meta, shard_paths
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +31,7 @@ def models(toy, arch: str = "llama") -> tuple[Path, Path]:  # type: ignore[no-un
 
 
 def read(out: Path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in shard_paths(out)])
+    return pa.concat_tables([read_shard_table(p, COLUMNS) for p in shard_paths(out)])
 
 
 def test_batched_equals_batch_size_one(toy, records: list[Record], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -65,7 +63,7 @@ def test_shard_schema_and_statistics(toy, records: list[Record], tmp_path: Path)
     assert (types["doc_id"], types["pos"], types["token"], types["kl"]) == \
         ("uint64", "uint32", "uint32", "float")
     assert "uint32" in types["topk_token"] and "float" in types["topk_lp_base"]
-    meta = json.loads(pq.read_schema(shard_paths(tmp_path / "s")[0]).metadata[b"bftcore"])
+    meta = shard_meta(shard_paths(tmp_path / "s")[0])
     assert {"base", "aligned", "tokenizer_hash", "k", "tau", "vocab_size"} <= set(meta)
     assert meta["k"] == 7 and meta["base"] == str(base.resolve())
     # positions count 1..len(response) per document
@@ -137,7 +135,7 @@ def test_rerun_skips_finished_shards(toy, records: list[Record], tmp_path: Path)
     again = score_corpus(records, base, aligned, tmp_path / "s", cfg)
     assert again.shards_scored == 0
     paths[1].unlink()
-    (tmp_path / "s" / ".shard-00002.parquet.tmp-999").write_bytes(b"half a shard")
+    (tmp_path / "s" / ".shard-00002.arrow.tmp-999").write_bytes(b"half a shard")
     third = score_corpus(records, base, aligned, tmp_path / "s", cfg)
     assert third.shards_scored == 1
     assert {p: p.read_bytes() for p in shard_paths(tmp_path / "s")} == before

@@ -447,13 +447,26 @@ class ServerGenerator:
         choices = self._map(lambda x: self._complete(x, Decoding(1), 0, 1, logprobs=self.top_logprobs)["choices"][0],
                             list(inputs), None)
         for r, choice in enumerate(choices):
-            top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
-            if not top[0]:
+            top = _top_logprobs(choice.get("logprobs") or {})
+            if not top:
                 raise BadInput(f"{self.url} returned no log-probs (start the server with --logits_all true)")
-            for text, value in top[0].items():
-                if text in by_text:
-                    out[r, by_text[text]] = max(out[r, by_text[text]], float(value))
+            for token_id, text, value in top:
+                i = token_id if token_id is not None and 0 <= token_id < out.shape[1] else by_text.get(text)
+                if i is not None:
+                    out[r, i] = max(out[r, i], float(value))
         return out
+
+
+def _top_logprobs(logprobs: dict[str, Any]) -> list[tuple[int | None, str, float]]:
+    """(token id when the server gives it, token text, log-prob) of the first generated token's
+    top-n, in either shape servers answer with: the legacy completions one (llama-cpp-python, vLLM:
+    `top_logprobs: [{text: logprob}]`) or the chat-style one (llama.cpp's `llama-server`:
+    `content: [{top_logprobs: [{id, token, logprob}]}]`)."""
+    legacy = logprobs.get("top_logprobs")
+    if legacy:
+        return [(None, text, value) for text, value in (legacy[0] or {}).items()]
+    content = logprobs.get("content") or [{}]
+    return [(t.get("id"), t.get("token", ""), t["logprob"]) for t in content[0].get("top_logprobs") or []]
 
 
 # ---- choosing a backend -----------------------------------------------------------------------

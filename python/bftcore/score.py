@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch loads when scoring runs: `bftcore index shards/` neve
     import torch
 
     from bftcore.generate import TorchGenerator
-from bftcore.shards import COLUMNS, SHARD_FORMAT, SHARD_VERSION, write_shard
+from bftcore.shards import COLUMNS, SHARD_FORMAT, SHARD_VERSION, SUFFIX, write_shard
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def score_corpus(
     rank: int = 0,
     world_size: int = 1,
 ) -> ScoreSummary:
-    """Score `records` into Parquet shards under `out_dir` (resumable; ranks split the shards)."""
+    """Score `records` into shards under `out_dir` (resumable; ranks split the shards)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"{out}: exists and is not a directory")
@@ -272,12 +272,13 @@ def score_corpus(
         # manifests from before --dtype/--thinking: thinking was off, the type what "auto" picks
         old.setdefault("thinking", False)
         old.setdefault("dtype", resolve_dtype("auto", device))
-        diff = sorted(k for k in manifest if k != "vocab_size" and old.get(k) != manifest[k])
+        diff = sorted(k for k in manifest if k not in ("vocab_size", "version") and old.get(k) != manifest[k])
         if diff:
             raise BadInput(f"{out}: holds shards scored with other settings ({', '.join(diff)} "
                            "differ); use another --out or remove it")
-    todo = [i for i in range(n_shards)
-            if i % world_size == rank and not (out / f"shard-{i:05d}.parquet").exists()]
+    # a shard written by an earlier version (Parquet) counts as written: a resumed run keeps it
+    todo = [i for i in range(n_shards) if i % world_size == rank
+            and not any((out / f"shard-{i:05d}{ext}").exists() for ext in (SUFFIX, ".parquet"))]
     summary = ScoreSummary(str(out), n_shards, len(todo), len(records), 0, 0, 0, 0, 0, 0)
     if not todo:
         return summary
@@ -303,7 +304,7 @@ def score_corpus(
         docs = _prepare(chunk, tokenizer, generator, cfg, context, summary)
         tick = counter(progress, f"scoring shard {i + 1}/{n_shards}", len(docs))
         table = scorer.score(docs, on_batch=tick) if docs else _empty_table(cfg.k)
-        write_shard(table, out / f"shard-{i:05d}.parquet", meta)
+        write_shard(table, out / f"shard-{i:05d}{SUFFIX}", meta)
         summary.docs += len(docs)
         summary.tokens += table.num_rows
         if progress:

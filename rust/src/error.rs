@@ -43,6 +43,8 @@ pub enum Error {
     Corrupt(String),
     /// The stored checksum does not match the contents.
     ChecksumMismatch,
+    /// A scored shard the core cannot read: not Arrow IPC, damaged, or other columns.
+    BadShard(String),
     /// A merge of no indexes at all.
     NothingToMerge,
     /// A query for a label the index does not have.
@@ -99,6 +101,7 @@ impl fmt::Display for Error {
             Error::ChecksumMismatch => {
                 write!(f, "corrupt index: checksum mismatch (the file was altered or damaged)")
             }
+            Error::BadShard(why) => write!(f, "{why}"),
             Error::NothingToMerge => write!(f, "nothing to merge"),
             Error::NoSuchLabel { label, labels } if labels.is_empty() => {
                 write!(f, "no label {label:?} in the index (it has no labels)")

@@ -11,6 +11,7 @@ pub mod index;
 #[cfg(feature = "python")]
 mod python;
 pub mod query;
+pub mod shard;
 
 pub use buckets::{Buckets, DEFAULT_BUCKET_EDGES};
 pub use counts::TokenBucketCounts;

@@ -12,6 +12,7 @@ use pyo3::types::PyDict;
 
 use crate::bfti::{self, MappedIndex};
 use crate::index::partials_budget_from_env;
+use crate::shard;
 use crate::{Batch, Buckets, Error, IndexBuilder, IndexQuery, TokenBucketCounts, DEFAULT_BUCKET_EDGES};
 
 pyo3::create_exception!(
@@ -217,6 +218,23 @@ impl PyIndexBuilder {
         .map_err(to_py_err)
     }
 
+    /// Add every record batch of an Arrow IPC shard (format version 2), read in place from a
+    /// memory map; with `expect` (hex xxh3-128), the file must hash to it. The GIL is released.
+    /// Returns (rows, record batches, the file's hex xxh3-128).
+    #[pyo3(signature = (path, k, expect=None))]
+    fn add_ipc_shard(&self, py: Python<'_>, path: PathBuf, k: usize, expect: Option<&str>) -> PyResult<(u64, usize, String)> {
+        let want = expect
+            .map(|h| u128::from_str_radix(h, 16).map_err(|_| PyValueError::new_err(format!("not a hex digest: {h:?}"))))
+            .transpose()?;
+        let read = parallel(py, || {
+            let mut guard = self.inner.lock().map_err(|_| poisoned())?;
+            let builder = guard.as_mut().ok_or_else(|| spent("add_ipc_shard"))?;
+            shard::add_ipc_shard(builder, &path, k, want)
+        })
+        .map_err(to_py_err)?;
+        Ok((read.rows, read.batches, format!("{:032x}", read.digest)))
+    }
+
     /// Response tokens added so far.
     #[getter]
     fn rows(&self, py: Python<'_>) -> u64 {
@@ -233,6 +251,13 @@ impl PyIndexBuilder {
         })
         .map_err(to_py_err)
     }
+}
+
+/// The hex xxh3-128 of a file's bytes (a scored shard's checksum), read through a memory map.
+#[pyfunction]
+fn file_xxh3(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    let digest = py.detach(|| shard::file_digest(&path)).map_err(to_py_err)?;
+    Ok(format!("{digest:032x}"))
 }
 
 /// A `.bfti` index opened by mmap (checksum verified on open).
@@ -337,6 +362,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIndexBuilder>()?;
     m.add_class::<PyIndex>()?;
     m.add_function(wrap_pyfunction!(merge_indexes, m)?)?;
+    m.add_function(wrap_pyfunction!(file_xxh3, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_BUCKET_EDGES", DEFAULT_BUCKET_EDGES.to_vec())?;
     m.add_function(wrap_pyfunction!(bucket_of, m)?)?;

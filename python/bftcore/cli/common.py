@@ -120,7 +120,7 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Base top-k stored per position."),
         click.option("--tau", type=float, default=0.0, show_default=True, help="Base-favored threshold on log pi_b - log pi_a."),
         click.option("--batch-tokens", type=click.IntRange(min=1), default=16384, show_default=True, help="Padded tokens per forward batch."),
-        click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Documents per Parquet shard."),
+        click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Documents per scored shard."),
         click.option("--max-length", type=click.IntRange(min=2), help="Prompt + response tokens (default: the model's context); longer responses are truncated and counted."),
         click.option("--too-long", type=click.Choice(["skip", "refuse"]), default="skip", show_default=True,
                      help="Prompts that do not fit --max-length: skip and count them, or refuse the corpus before scoring."),

@@ -35,7 +35,7 @@ from bftcore.errors import BadInput
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path, read: Any, scoring: Any,
           too_long: str, device: str, as_json: bool) -> None:
-    """Score a corpus with the base and the aligned model into Parquet shards.
+    """Score a corpus with the base and the aligned model into scored shards (Arrow IPC).
 
     Both models run teacher-forced over the same length-sorted batches; per response token only
     statistics are kept (log-probs, KL, base top-k, M_t, R_t). A rerun skips finished shards.

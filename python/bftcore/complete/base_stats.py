@@ -16,17 +16,16 @@ if TYPE_CHECKING:
 
 
 class ShardBaseStats:
-    """The base model's top-k at every harmful response position, read from the Parquet shards
+    """The base model's top-k at every harmful response position, read from the scored shards
     that `bftcore score` / `bftcore index` wrote for the same harmful corpus: the penalty then needs
     no base model in memory or in the step."""
 
     def __init__(self, shard_dir: Path, harmful: Sequence[Record], data: CompletionData,
                  tokenizer_hash: str, top_k: int) -> None:
         import numpy as np
-        import pyarrow.parquet as pq
 
         from bftcore.score import corpus_hash
-        from bftcore.shards import shard_paths
+        from bftcore.shards import read_shard_table, shard_paths
 
         manifest_path = Path(shard_dir) / "manifest.json"
         if not manifest_path.is_file():
@@ -41,7 +40,7 @@ class ShardBaseStats:
         want = {it.doc: it.response for it in data.harmful}
         self.stats: dict[int, tuple[Any, Any]] = {}
         for path in shard_paths(Path(shard_dir)):
-            t = pq.read_table(path, columns=["doc_id", "pos", "token", "topk_token", "topk_lp_base"])
+            t = read_shard_table(path, ["doc_id", "pos", "token", "topk_token", "topk_lp_base"])
             docs = t.column("doc_id").to_numpy()
             order = np.lexsort((t.column("pos").to_numpy(), docs))
             tokens = t.column("token").to_numpy()[order]
