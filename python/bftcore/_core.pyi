@@ -14,6 +14,7 @@ __all__ = [
     "__version__",
     "bucket_index",
     "bucket_of",
+    "file_xxh3",
     "merge_indexes",
     "token_bucket_counts",
 ]

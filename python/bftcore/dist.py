@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 
 def init() -> tuple[int, int]:
@@ -60,14 +61,14 @@ def local_device(device: str) -> str:
     return device
 
 
-def gather_in_order(mine: list, rank: int, world: int, total: int) -> list:  # type: ignore[type-arg]
+def gather_in_order(mine: list[Any], rank: int, world: int, total: int) -> list[Any]:
     """The items of every rank, each rank having computed items rank, rank + world, ...: the whole
     list, in order, on every rank."""
     import torch.distributed as dist
 
-    parts: list[list] = [[] for _ in range(world)]  # type: ignore[type-arg]
+    parts: list[list[Any]] = [[] for _ in range(world)]
     dist.all_gather_object(parts, mine)
-    out = [None] * total
+    out: list[Any] = [None] * total
     for r, part in enumerate(parts):
         out[r::world] = part
     return out
