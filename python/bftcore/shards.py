@@ -35,6 +35,7 @@ SHARD_FORMAT = "bftcore-scored-shard"
 SHARD_VERSION = 2
 SUFFIX = ".arrow"  # what `score` writes (version 2); ".parquet": version 1
 META_KEY = b"bftcore"
+REQUIRED_META = ("base", "aligned", "tokenizer_hash", "k", "tau", "vocab_size")  # what indexing reads
 COLUMNS = ["doc_id", "pos", "token", "lp_base", "lp_aligned", "kl", "bf_mass", "retain", "label",
            "topk_token", "topk_lp_base", "topk_lp_aligned"]
 ROW_GROUP = 1 << 16  # rows per Parquet row group (version 1)
@@ -81,6 +82,8 @@ def shard_paths(directory: Path) -> list[Path]:
     """The scored shards in a directory, sorted by name: its *.arrow and *.parquet files when they
     are shards (whatever their names), none when they are not (a corpus). BadInput when it holds
     both kinds."""
+    if not Path(directory).is_dir():  # not written yet: no shards
+        return []
     files = sorted(p for p in Path(directory).iterdir() if p.suffix in (SUFFIX, ".parquet")
                    and p.is_file() and not p.name.startswith("."))
     kinds = {p: _footer(p) for p in files}
@@ -141,8 +144,11 @@ def shard_meta(path: Path) -> dict[str, Any]:
     if version > SHARD_VERSION:
         raise BadInput(f"{path}: shard format version {meta['version']} is newer than this "
                        f"bftcore reads ({SHARD_VERSION}); upgrade bftcore")
-    if "digest" in meta and meta["digest"] != _digest(meta):
+    if ("digest" in meta or version >= 2) and meta.get("digest") != _digest(meta):
         raise BadInput(f"{path}: the bftcore metadata does not match its digest (damaged file)")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise BadInput(f"{path}: the bftcore metadata lacks {', '.join(missing)} (damaged file?)")
     return meta
 
 
