@@ -132,9 +132,12 @@ def main() -> None:
     print("|---" * (len(ATTACKS) + 2) + "|")
     for name, got in engines.items():
         ref = "torch batch 1" if name.startswith("torch") else "llama.cpp (in process)"
-        same = all(got[x][2] == engines[ref][x][2] for x in ATTACKS)
+        differ = [f"{x} ({'; '.join(f'{a} k={k}: {xs}/{n}' for a, k, xs, n in got[x][2])} vs "
+                  f"{'; '.join(f'{xs}/{n}' for _, _, xs, n in engines[ref][x][2])})"
+                  for x in ATTACKS if got[x][2] != engines[ref][x][2]]
         cells = [f"{got[x][1] / got[x][0]:,.1f}" for x in ATTACKS]
-        print(f"| {name} | " + " | ".join(cells) + f" | {ref + (': yes' if same else ': NO') if name != ref else '(reference)'} |")
+        verdict = "(reference)" if name == ref else f"{ref}: " + ("all" if not differ else "all but " + ", ".join(differ))
+        print(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
     print()
     print("Speed-up of each engine over torch batch 1, per attack:")
     print()
