@@ -106,6 +106,22 @@ def test_renamed_shards_index_to_the_same_bytes(tmp_path: Path, suffix: str) -> 
     assert len(errors) == 1 and "Traceback" not in r.stderr and not (tmp_path / "c.bfti").exists(), r.stderr
 
 
+def test_a_damaged_checksum_file_is_named(tmp_path: Path) -> None:
+    """An IPC shard's checksum file that holds no xxh3-128 (empty, short, signed, not hex): one line
+    naming the checksum file, exit 2; the true digest in capitals still reads."""
+    shard = fake_shards(tmp_path / "s", n=1)[0]
+    sums = checksum_path(shard)
+    digest = sums.read_text().split()[0]
+    for text in ("", "\n", "0" * 31, "+" + digest[1:], "g" * 32, digest + "0"):
+        sums.write_text(text)
+        r = run_cli("index", str(tmp_path / "s"), "--out", str(tmp_path / "x.bfti"))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (text, r.stderr)
+        assert f"{sums.name}: not an xxh3-128 digest" in lines[0], (text, lines[0])
+    sums.write_text(digest.upper() + "\n")
+    assert run_cli("index", str(tmp_path / "s"), "--out", str(tmp_path / "x.bfti")).returncode == 0
+
+
 def test_a_directory_mixing_shards_and_other_parquet_is_refused(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -169,7 +169,7 @@ def expected_digest(path: Path) -> str | None:
     sums = checksum_path(path)
     if not sums.is_file():
         return None
-    return sums.read_text(encoding="ascii", errors="replace").split()[0] if sums.stat().st_size else ""
+    return (sums.read_text(encoding="ascii", errors="replace").split() or [""])[0]
 
 
 def shard_digest(path: Path, ipc: bool | None = None) -> str:
@@ -184,7 +184,7 @@ def verify_checksum(path: Path) -> None:
     """BadInput when the shard's bytes differ from the checksum written beside it (shards
     written before checksums existed have none and are read as they are)."""
     want = expected_digest(path)
-    if want is not None and shard_digest(path) != want:
+    if want is not None and shard_digest(path) != want.lower():
         raise BadInput(f"{path}: checksum mismatch (the file changed after it was written: damaged?)")
 
 

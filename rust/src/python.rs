@@ -223,9 +223,7 @@ impl PyIndexBuilder {
     /// Returns (rows, record batches, the file's hex xxh3-128).
     #[pyo3(signature = (path, k, expect=None))]
     fn add_ipc_shard(&self, py: Python<'_>, path: PathBuf, k: usize, expect: Option<&str>) -> PyResult<(u64, usize, String)> {
-        let want = expect
-            .map(|h| u128::from_str_radix(h, 16).map_err(|_| PyValueError::new_err(format!("not a hex digest: {h:?}"))))
-            .transpose()?;
+        let want = expect.map(parse_digest).transpose()?;
         let read = parallel(py, || {
             let mut guard = self.inner.lock().map_err(|_| poisoned())?;
             let builder = guard.as_mut().ok_or_else(|| spent("add_ipc_shard"))?;
@@ -251,6 +249,16 @@ impl PyIndexBuilder {
         })
         .map_err(to_py_err)
     }
+}
+
+/// A checksum file's text as an xxh3-128: exactly 32 hex digits (`from_str_radix` alone would take
+/// a sign or fewer digits), else a ValueError saying what it is not.
+fn parse_digest(hex: &str) -> PyResult<u128> {
+    let digits = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    digits
+        .then(|| u128::from_str_radix(hex, 16).ok())
+        .flatten()
+        .ok_or_else(|| PyValueError::new_err("not an xxh3-128 digest (32 hex digits)"))
 }
 
 /// The hex xxh3-128 of a file's bytes (a scored shard's checksum), read through a memory map.
