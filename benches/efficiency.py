@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bftcore import complete as cp
 from bftcore.demo import DEMO_COMPLETE, completion_inputs
-from bftcore.generate import Decoding, TorchGenerator
+from bftcore.generate import Decoding, TorchGenerator, length_batches
 from bftcore.models import load_model, load_tokenizer
 from bftcore.score import Doc, ScoreConfig, Scorer
 from bftcore.toy import toy_world
@@ -209,7 +209,7 @@ def generation(model: Any, tok: Any, prompts: int, device: torch.device) -> dict
     sync(device)
     seconds = time.perf_counter() - t0
     new = sum(len(o) for o in outs)
-    steps = sum(max(len(outs[i]) for i in chunk) for chunk in gen._batches(inputs))
+    steps = sum(max(len(outs[i]) for i in chunk) for chunk in length_batches(inputs, gen.batch_size))
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"what": "generation (greedy, batches of 16, 32 new tokens)", "tokens": new, "seconds": seconds,
             "flops": flops, "weight_bytes_per_s": steps * weight_bytes / seconds}

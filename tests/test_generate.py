@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from bftcore.chat import response_ids
-from bftcore.generate import Decoding, TorchGenerator, contrast_logprobs, filter_logits
+from bftcore.generate import Decoding, TorchGenerator, contrast_logprobs, filter_logits, guided
 from bftcore.models import load_model, load_tokenizer
 
 
@@ -27,6 +28,34 @@ def test_batched_equals_unbatched(toy) -> None:  # type: ignore[no-untyped-def]
     assert batched == single
     assert all(len(x) > 0 for x in batched)
     assert all(tok.eos_token_id not in x for x in batched)
+
+
+class _StepWise:
+    """The same generator seen through `next_logprobs` only (as a llama.cpp or server backend is)."""
+
+    def __init__(self, gen: TorchGenerator) -> None:
+        self.eos_ids, self.next_logprobs = gen.eos_ids, gen.next_logprobs
+
+
+def test_guided_kv_cached_equals_step_wise_and_follows_the_chooser(toy) -> None:  # type: ignore[no-untyped-def]
+    tok = load_tokenizer(toy.tokenizer_dir("llama"))
+    gen = TorchGenerator(load_model(toy.model_dir("llama", "aligned")), tok, batch_size=5)
+    examples = toy.world.examples("harmful", "heldout")[:9]
+    inputs = [gen.prompt_ids(e.prompt) + response_ids(tok, e.response, eos=False)[: (2 * i) % 7]
+              for i, e in enumerate(examples)]
+    stop = set(gen.eos_ids)
+
+    def second_best_by_turns(step: int, rows: list[int], lp: np.ndarray) -> list[int]:
+        """The second-best token when step + input index is even (so the rows' indices matter)."""
+        order = np.argsort(-lp, axis=1, kind="stable")
+        return [int(o[1] if (step + i) % 2 == 0 else o[0]) for i, o in zip(rows, order)]
+
+    cached = guided(gen, inputs, second_best_by_turns, 24, stop)
+    stepwise = guided(_StepWise(gen), inputs, second_best_by_turns, 24, stop)
+    assert cached == stepwise
+    # the chooser steers: greedy decoding gives other continuations
+    assert cached != gen.generate(inputs, Decoding(max_new_tokens=24))
+    assert all(len(x) > 0 and not set(x) & stop for x in cached)
 
 
 def test_sampling_is_reproducible_with_a_seed(toy) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ import torch
 from bftcore.chat import prompt_ids
 from bftcore.errors import BadInput
 from bftcore.extras import require
-from bftcore.generate import Decoding, filter_logits
+from bftcore.generate import Decoding, filter_logits, length_batches
 
 BACKENDS = ("auto", "torch", "llamacpp", "onnx", "server")
 
@@ -256,10 +256,6 @@ class OnnxGenerator:
         m = self.meta
         return np.zeros((m["layers"], 2, batch, m["kv_heads"], 0, m["head_dim"]), dtype=np.float32)
 
-    def _batches(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
-        order = sorted(range(len(inputs)), key=lambda i: (len(inputs[i]), i))
-        return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-
     def _prefill(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(last log-probs, present, mask, next positions) after the left-padded prompts."""
         width = max(len(x) for x in rows)
@@ -277,7 +273,7 @@ class OnnxGenerator:
 
     def next_logprobs(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
         out = np.zeros((len(inputs), int(self.meta["vocab_size"])), dtype=np.float32)
-        for chunk in self._batches(inputs):
+        for chunk in length_batches(inputs, self.batch_size):
             out[chunk] = self._prefill([inputs[i] for i in chunk])[0]
         return out
 
@@ -285,7 +281,7 @@ class OnnxGenerator:
                  on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
         seeds = list(seeds) if seeds is not None else [decoding.seed + i for i in range(len(inputs))]
         out: list[list[int]] = [[] for _ in inputs]
-        for chunk in self._batches(inputs):
+        for chunk in length_batches(inputs, self.batch_size):
             gens = _generators(decoding, [seeds[i] for i in chunk])
             lp, past, mask, pos = self._prefill([inputs[i] for i in chunk])
             done = [False] * len(chunk)

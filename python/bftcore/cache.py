@@ -25,7 +25,7 @@ VERSIONS = {
     # complete/ and losses.py: a completed model's weights for given data, models and settings
     "completion": 1,
     # attack/, generate.py, judge.py, backends.py, chat.py, anydepth.py: the rows measured on a model
-    "attack-rows": 1,
+    "attack-rows": 2,
     # export/: a GGUF or ONNX file for a given model directory
     "export": 3,
     # models.resolve_model: the safetensors copy of a pickle-only model directory

@@ -7,6 +7,10 @@
                                                cut at the end-of-turn token
     next_logprobs(inputs)                      log-probs of the next token after each input
 
+`guided(gen, inputs, choose, ...)` decodes with the attacker picking each token (RAP, the adaptive
+prefill): through the generator's own KV-cached loop where it has one (`TorchGenerator.guided`), else
+one `next_logprobs` call per step, which every backend has.
+
 The PyTorch/transformers backend lives here; ONNX Runtime and llama.cpp backends implement the
 same three methods. Batches are left-padded and length-sorted; positions count from each row's first
 real token, so batched greedy decoding gives the tokens of one prompt at a time. Sampling draws each
@@ -68,6 +72,42 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+# choose(step, rows, logprobs) -> the next token of each row still decoding: `rows` are the indices
+# of those inputs, `logprobs` their next-token log-probs ([len(rows), vocab], float32)
+Choose = Callable[[int, list[int], np.ndarray], Sequence[int]]
+
+
+def guided(gen: Any, inputs: Sequence[Sequence[int]], choose: Choose, max_new_tokens: int, stop: set[int],
+           on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
+    """Continuations of `inputs`, each token picked by `choose`; a row ends at a token of `stop` (not
+    kept) or after `max_new_tokens`. `on_batch(n)`: n more inputs finished."""
+    if getattr(gen, "guided", None) is not None and set(getattr(gen, "eos_ids", ())) == stop:
+        return list(gen.guided(inputs, choose, max_new_tokens, on_batch=on_batch))
+    outs: list[list[int]] = [[] for _ in inputs]
+    active = list(range(len(inputs)))
+    for step in range(max_new_tokens):
+        if not active:
+            break
+        picked = choose(step, active, gen.next_logprobs([list(inputs[i]) + outs[i] for i in active]))
+        still = []
+        for i, token in zip(active, picked):
+            if int(token) not in stop:
+                outs[i].append(int(token))
+                still.append(i)
+        if on_batch is not None and len(still) < len(active):
+            on_batch(len(active) - len(still))
+        active = still
+    if on_batch is not None and active:
+        on_batch(len(active))
+    return outs
+
+
+def length_batches(inputs: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """The indices of `inputs` in batches of `size`, sorted by length (a batch pads the least)."""
+    order = sorted(range(len(inputs)), key=lambda i: (len(inputs[i]), i))
+    return [order[s:s + size] for s in range(0, len(order), size)]
+
+
 @dataclass(frozen=True)
 class Contrast:
     """Inference-time contrastive suppression of base-favored tokens (docs/method.md §2, "Contrastive decoding"): on the base
@@ -110,10 +150,6 @@ class TorchGenerator:
                    thinking: bool = False) -> list[int]:
         return prompt_ids(self.tokenizer, prompt, chat=chat, thinking=thinking)
 
-    def _batches(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
-        order = sorted(range(len(inputs)), key=lambda i: (len(inputs[i]), i))
-        return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(x) for x in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -127,7 +163,7 @@ class TorchGenerator:
     @torch.no_grad()
     def next_logprobs(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
         out = np.zeros((len(inputs), self._vocab()), dtype=np.float32)
-        for chunk in self._batches(inputs):
+        for chunk in length_batches(inputs, self.batch_size):
             ids, mask = self._left_pad([inputs[i] for i in chunk])
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
             lp = [torch.log_softmax(m(input_ids=ids, attention_mask=mask, position_ids=pos,
@@ -153,7 +189,7 @@ class TorchGenerator:
                  on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
         seeds = list(seeds) if seeds is not None else [decoding.seed + i for i in range(len(inputs))]
         out: list[list[int]] = [[] for _ in inputs]
-        for chunk in self._batches(inputs):
+        for chunk in length_batches(inputs, self.batch_size):
             rows = self._decode([inputs[i] for i in chunk], decoding, [seeds[i] for i in chunk])
             for i, ids in zip(chunk, rows):
                 out[i] = ids
@@ -161,7 +197,25 @@ class TorchGenerator:
                 on_batch(len(chunk))
         return out
 
-    def _decode(self, rows: Sequence[Sequence[int]], d: Decoding, seeds: Sequence[int]) -> list[list[int]]:
+    @torch.no_grad()
+    def guided(self, inputs: Sequence[Sequence[int]], choose: Choose, max_new_tokens: int,
+               on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
+        """`generate.guided` in this generator's batches, KV-cached: each step runs the model over one
+        new token per row instead of the whole sequence again."""
+        out: list[list[int]] = [[] for _ in inputs]
+        d = Decoding(max_new_tokens)
+        for chunk in length_batches(inputs, self.batch_size):
+            rows = self._decode([inputs[i] for i in chunk], d, [0] * len(chunk), (choose, chunk))
+            for i, ids in zip(chunk, rows):
+                out[i] = ids
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return out
+
+    def _decode(self, rows: Sequence[Sequence[int]], d: Decoding, seeds: Sequence[int],
+                chooser: tuple[Choose, list[int]] | None = None) -> list[list[int]]:
+        """Continuations of one batch: sampled or greedy per `d`, or picked by a `guided` chooser
+        (with the inputs' indices of these rows)."""
         ids, mask = self._left_pad(rows)
         gens = None if d.greedy else [torch.Generator().manual_seed(int(s)) for s in seeds]
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -175,9 +229,16 @@ class TorchGenerator:
         next_pos = pos[:, -1:] + 1
         done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         result: list[list[int]] = [[] for _ in rows]
-        for _ in range(d.max_new_tokens):
+        for step in range(d.max_new_tokens):
             # log-probs instead of logits: the same argmax, and the same distribution after /T
-            token = self._pick(self._combine(lps), d, gens)
+            if chooser is None:
+                token = self._pick(self._combine(lps), d, gens)
+            else:
+                live = [r for r in range(len(rows)) if not done[r]]
+                lp = self._combine(lps)[live].cpu().numpy()
+                token = torch.full((len(rows),), self.pad_id, dtype=torch.long)
+                token[live] = torch.tensor([int(x) for x in chooser[0](step, [chooser[1][r] for r in live], lp)])
+                token = token.to(self.device)
             for r in range(len(rows)):
                 if not done[r]:
                     t = int(token[r])

@@ -16,7 +16,7 @@ import numpy as np
 from bftcore.chat import response_ids
 from bftcore.corpus import Record
 from bftcore.errors import BadInput
-from bftcore.generate import Decoding, Generator
+from bftcore.generate import Decoding, Generator, guided
 from bftcore.judge import REFUSAL_OPENINGS, Judge, Judged
 from bftcore.progress import Progress
 from bftcore.stats import RateRow
@@ -204,26 +204,29 @@ class Suite:
         """Force, k times, the most likely of the model's top-n tokens that opens no refusal."""
         cfg, res = self.cfg, AttackResult()
         prompts = [self._prompt(r) for r in records]
-        forced: list[list[int]] = [[] for _ in records]
         # Our definition of a refusal opener: at the first step, any token of a refusal phrase (a
         # refusal can open with a fragment of its words) or a blank one; later, a token that
         # begins a refusal phrase.
         blocked = set(self.openers)
         if self.tok.eos_token_id is not None:
             blocked.add(self.tok.eos_token_id)  # ending the answer is not an attack
+        blocked |= self._stop_ids()
         # an answer does not open with bare whitespace either (a refusal can hide behind it)
         vocab_text = [str(self.tok.decode([i])) for i in range(len(self.tok))]
         first = blocked | self.refusal_words | {i for i, t in enumerate(vocab_text) if not t.strip()}
-        tick = self._tick(f"{name} forcing", max(cfg.ks))
-        for step in range(max(cfg.ks)):
-            lp = self.gen.next_logprobs([p + f for p, f in zip(prompts, forced)])
+
+        def force(step: int, rows: list[int], lp: np.ndarray) -> list[int]:
             block = first if step == 0 else blocked
             order = np.argsort(-lp, axis=1, kind="stable")
-            for i, row in enumerate(order):
+            out = []
+            for row in order:
                 top = [int(t) for t in row[: cfg.rank_top] if int(t) not in block]
                 # all of the top-n open a refusal: the attacker takes the best token that does not
-                forced[i].append(top[0] if top else next(int(t) for t in row if int(t) not in block))
-            tick(1)
+                out.append(top[0] if top else next(int(t) for t in row if int(t) not in block))
+            return out
+
+        forced = guided(self.gen, prompts, force, max(cfg.ks), self._stop_ids(),
+                        on_batch=self._tick(f"{name} forcing", len(prompts)))
         for k in cfg.ks:
             prefixes = [f[:k] for f in forced]
             inputs = [p + f for p, f in zip(prompts, prefixes)]
@@ -256,34 +259,28 @@ class Suite:
 
     def _rank_assisted(self, inputs: Sequence[Sequence[int]], references: Sequence[Sequence[int]] | None,
                        desc: str) -> tuple[list[list[int]], list[int]]:
-        """Decode each input step by step through `next_logprobs` (so every backend runs it): the
-        model's top-1 unless it opens a refusal, else the best of its top-n that does not; with
+        """Decode each input token by token through `generate.guided` (KV-cached on PyTorch, one
+        `next_logprobs` call per step on every other backend): the model's top-1 unless it opens a refusal, else the best of its top-n that does not; with
         references, the reference's next token (by position) when it is in the top-n. Returns the
         continuations and, per input, how many tokens were not the model's top-1."""
-        n, stop = self.cfg.rank_top, self._stop_ids()
-        outs: list[list[int]] = [[] for _ in inputs]
+        n = self.cfg.rank_top
         moved = [0] * len(inputs)
-        active = list(range(len(inputs)))
-        tick = self._tick(desc, self.cfg.max_new_tokens)
-        for step in range(self.cfg.max_new_tokens):
-            if not active:
-                break
-            lp = self.gen.next_logprobs([list(inputs[i]) + outs[i] for i in active])
-            top = _top_n(lp, n)
-            still = []
-            for row, i in enumerate(active):
-                cand = [int(t) for t in top[row]]
+
+        def pick(step: int, rows: list[int], lp: np.ndarray) -> list[int]:
+            out = []
+            for i, top in zip(rows, _top_n(lp, n)):
+                cand = [int(t) for t in top]
                 ref = references[i] if references is not None else ()
                 if step < len(ref) and int(ref[step]) in cand:
                     token = int(ref[step])
                 else:  # all of the top-n open a refusal: greedy, the refusal goes through
                     token = next((t for t in cand if t not in self.openers), cand[0])
                 moved[i] += token != cand[0]
-                if token not in stop:
-                    outs[i].append(token)
-                    still.append(i)
-            active = still
-            tick(1)
+                out.append(token)
+            return out
+
+        outs = guided(self.gen, inputs, pick, self.cfg.max_new_tokens, self._stop_ids(),
+                      on_batch=self._tick(desc, len(inputs)))
         return outs, moved
 
     def reference_ranks(self, inputs: Sequence[Sequence[int]], references: Sequence[Sequence[int]], *,
@@ -296,16 +293,23 @@ class Suite:
 
         longest = min(max((len(r) for r in references), default=0), self.cfg.max_new_tokens)
         ranks: dict[int, list[int]] = {}
-        tick = self._tick(f"{name} k={k} ranks", longest)
-        for t in range(longest):
-            rows = [i for i, r in enumerate(references) if len(r) > t]
-            lp = self.gen.next_logprobs([list(inputs[i]) + list(references[i][:t]) for i in rows])
+        stop = self._stop_ids()
+        end = min(stop)  # a row whose reference is spent ends (the reference holds no end token)
+
+        def force(t: int, rows: list[int], lp: np.ndarray) -> list[int]:
+            out = []
             for row, i in enumerate(rows):
+                if t >= len(references[i]):
+                    out.append(end)
+                    continue
                 own = lp[row, int(references[i][t])]
                 rank = 1 + int(np.sum(lp[row] > own)) if np.isfinite(own) else \
                     1 + int(np.sum(np.isfinite(lp[row])))
                 ranks.setdefault(bucket_of(k + t + 1), []).append(rank)
-            tick(1)
+                out.append(int(references[i][t]))
+            return out
+
+        guided(self.gen, inputs, force, longest, stop, on_batch=self._tick(f"{name} k={k} ranks", len(inputs)))
         labels = bucket_labels()
         return [{"model": self.model, "arch": self.arch, "attack": name, "k": k, "metric": "reference-rank",
                  "bucket": labels[b], "value": float(np.mean(v)), "median": float(np.median(v)),
