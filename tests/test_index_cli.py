@@ -122,6 +122,22 @@ def test_a_damaged_checksum_file_is_named(tmp_path: Path) -> None:
     assert run_cli("index", str(tmp_path / "s"), "--out", str(tmp_path / "x.bfti")).returncode == 0
 
 
+def test_an_arrow_shard_without_its_checksum_file_is_refused_unless_unverified(tmp_path: Path) -> None:
+    """Copied without its .xxh3, an IPC shard's damage would go unseen: refused by name, exit 2;
+    `--unverified` indexes it, to the same index as with the checksum file."""
+    shards = fake_shards(tmp_path / "s", n=2)
+    assert run_cli("index", str(tmp_path / "s"), "--out", str(tmp_path / "with.bfti")).returncode == 0
+    checksum_path(shards[1]).unlink()
+    r = run_cli("index", str(tmp_path / "s"), "--out", str(tmp_path / "x.bfti"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{shards[1].name}: no checksum file {shards[1].name}.xxh3" in lines[0], lines[0]
+    assert not (tmp_path / "x.bfti").exists()
+    r = run_cli("index", str(tmp_path / "s"), "--out", str(tmp_path / "x.bfti"), "--unverified")
+    assert r.returncode == 0, r.stderr
+    assert Index(tmp_path / "x.bfti").curves().equals(Index(tmp_path / "with.bfti").curves())
+
+
 def test_a_directory_mixing_shards_and_other_parquet_is_refused(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

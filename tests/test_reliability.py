@@ -52,9 +52,9 @@ def _arrays(path: Path) -> bytes:
 @given(data=st.data())
 def test_damaged_shard_is_refused(small_shard: tuple[Path, bytes], tmp_path_factory, data) -> None:  # type: ignore[no-untyped-def]
     """Flip bits anywhere in a shard, or cut it. With its checksum file beside it (as `score`
-    writes it) indexing always refuses with BadInput; without one (shards from elsewhere), it
-    refuses or succeeds, never with another exception (the metadata digest and Arrow's own
-    validation catch some flips there: benches/fuzz_shards.py counts them)."""
+    writes it) indexing always refuses with BadInput; without one it is refused as unverified, and
+    read with `unverified` it refuses or succeeds, never with another exception (the metadata
+    digest and Arrow's own validation catch some flips there: benches/fuzz_shards.py counts them)."""
     from bftcore.shards import checksum_path
 
     shard, good = small_shard
@@ -70,8 +70,10 @@ def test_damaged_shard_is_refused(small_shard: tuple[Path, bytes], tmp_path_fact
     d = tmp_path_factory.mktemp("bad")
     bad = d / shard.name
     bad.write_bytes(bytes(raw))
-    try:
+    with pytest.raises(BadInput, match="no checksum file"):
         bfti.build([bad], d / "loose.bfti")
+    try:
+        bfti.build([bad], d / "loose.bfti", unverified=True)
     except BadInput:
         pass
     checksum_path(bad).write_bytes(checksum_path(shard).read_bytes())

@@ -35,13 +35,18 @@ BUCKET_FIELDS = ["count", "kl_sum", "bf_mass_sum", "retain_sum", "bf_realised", 
 
 
 def build(shards: Sequence[Path], out: Path, *, edges: Sequence[int] | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> Index:
-    """Aggregate scored shards into `out` (.bfti), in one streaming pass."""
+          progress: Callable[[str, int, int], None] | None = None, unverified: bool = False) -> Index:
+    """Aggregate scored shards into `out` (.bfti), in one streaming pass. An IPC shard is read only
+    with its checksum file beside it (Arrow's own structure checks miss most damage to its
+    values); `unverified` reads one without."""
     if not shards:
         raise BadInput("no scored shards to index")
     for p in shards:
         if not is_ipc(p):  # an IPC shard's checksum is checked by the core as it reads it
             verify_checksum(p)
+        elif not unverified and not checksum_path(p).is_file():
+            raise BadInput(f"{p}: no checksum file {checksum_path(p).name} beside it (copy it with the "
+                           "shard, or index with --unverified to read shards without one)")
     metas = [shard_meta(p) for p in shards]
     first = metas[0]
     for p, m in zip(shards, metas):

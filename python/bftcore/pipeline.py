@@ -70,11 +70,12 @@ def index_corpus(inputs: Sequence[str | Path] | Sequence[Record], out: str | Pat
                  base: str | Path | None = None, aligned: str | Path | None = None,
                  shards_dir: str | Path | None = None, read: ReadOptions = DEFAULT_READ,
                  score: ScoreConfig = DEFAULT_SCORE, too_long: str = "skip", device: str = "auto",
-                 progress: Progress | None = None) -> Indexed | None:
+                 progress: Progress | None = None, unverified: bool = False) -> Indexed | None:
     """The base-favored-token index of `inputs` written to `out` (.bfti): `Record`s, or corpus files
     and directories, are scored into `shards_dir` (default: OUT.shards/) with `base` and `aligned`
     first; scored shards (files, or directories of them, whatever their names) are aggregated as
-    they are. None on the ranks other than 0 under torchrun."""
+    they are (`unverified`: also IPC shards without their checksum files). None on the ranks other
+    than 0 under torchrun."""
     out = Path(out)
     records, paths = _records_or_paths(inputs)
     shards = _given_shards(paths) if paths else None
@@ -91,22 +92,23 @@ def index_corpus(inputs: Sequence[str | Path] | Sequence[Record], out: str | Pat
             report, summary = score_files(paths, base, aligned, where, read=read, score=score,
                                           too_long=too_long, device=device, progress=progress)
         shards = shard_paths(where)
-    index = aggregate(shards, out, progress=progress)
+    index = aggregate(shards, out, progress=progress, unverified=unverified)
     return None if index is None else Indexed(index, report, summary)
 
 
-def aggregate(shards: Sequence[Path], out: Path, *, progress: Progress | None = None) -> Index | None:
+def aggregate(shards: Sequence[Path], out: Path, *, progress: Progress | None = None,
+              unverified: bool = False) -> Index | None:
     """Build the index of `shards`. Under torchrun each rank builds a partial index of its share
     and rank 0 merges them into `out` (the others get None)."""
     rank, world = dist.rank_world()
     if world == 1:
-        return build(shards, out, progress=progress)
+        return build(shards, out, progress=progress, unverified=unverified)
     if not shards:  # every rank knows: refused everywhere, no rank left waiting
         raise BadInput("no scored shards to index")
     ranks = min(world, len(shards))  # a rank without shards writes no partial
     part = out.with_name(f".{out.name}.rank{rank}")
     if rank < ranks:
-        build(shards[rank::world], part, progress=progress)
+        build(shards[rank::world], part, progress=progress, unverified=unverified)
     dist.barrier()  # every partial is written
     if rank != 0:
         return None

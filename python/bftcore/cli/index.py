@@ -69,10 +69,12 @@ def score(corpus: tuple[Path, ...], base: str, aligned: str, out: Path, read: An
               help="Where scored shards go (default: OUT.shards/); kept for reruns and training.")
 @corpus_options
 @scoring_options
+@click.option("--unverified", is_flag=True,
+              help="Also index Arrow shards that have no .xxh3 checksum file beside them (damage goes unseen).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, out: Path,
               shards_dir: Path | None, read: Any, scoring: Any, too_long: str, device: str,
-              as_json: bool) -> None:
+              unverified: bool, as_json: bool) -> None:
     """Build the base-favored-token index of a corpus: score it with both models, then aggregate
     in the Rust core. A directory of scored shards is aggregated directly.
 
@@ -89,7 +91,8 @@ def index_cmd(corpus: tuple[Path, ...], base: str | None, aligned: str | None, o
     dist.init()
     with progress_bars() as bar:
         done = index_corpus(corpus, out, base=base, aligned=aligned, shards_dir=shards_dir, read=read,
-                            score=scoring, too_long=too_long, device=device, progress=bar)
+                            score=scoring, too_long=too_long, device=device, progress=bar,
+                            unverified=unverified)
     if done is None:  # a rank other than 0: rank 0 reports
         return
     idx, report, summary = done.index, done.read, done.score
