@@ -353,16 +353,13 @@ impl IndexBuilder {
                 let tok = batch.tokens[row] as usize;
                 let rho = batch.lp_base[row] - batch.lp_aligned[row];
                 let topk = row * k..(row + 1) * k;
-                let mut realised_bf = false;
+                // branch-free: membership is a coin flip per entry, a branch on it mispredicts
+                let member = &mut t.token_member[b * vocab..(b + 1) * vocab];
                 for j in topk {
                     let v = batch.topk_token[j] as usize;
-                    if batch.topk_lp_base[j] - batch.topk_lp_aligned[j] > tau {
-                        t.token_member[b * vocab + v] += 1;
-                    }
-                    if v == tok {
-                        realised_bf = rho > tau;
-                    }
+                    member[v] += (batch.topk_lp_base[j] - batch.topk_lp_aligned[j] > tau) as u64;
                 }
+                let realised_bf = rho > tau && batch.topk_token[row * k..(row + 1) * k].contains(&(tok as u32));
                 t.bucket_count[b] += 1;
                 t.bucket_bf_realised[b] += realised_bf as u64;
                 let sums = &mut t.bucket_sums[b * 4..b * 4 + 4];
