@@ -83,13 +83,13 @@ def renamed(shards: list[Path], to: Path, *, drop_sums: int | None = None) -> Pa
 @pytest.mark.parametrize("suffix", [".arrow", ".parquet"])
 def test_renamed_shards_index_to_the_same_bytes(tmp_path: Path, suffix: str) -> None:
     """Shards are known by their footer, not their names: renamed part-*, with or without their
-    checksum files, give the byte-identical index; a renamed damaged one is still caught; Arrow
+    checksum files (without: read with --unverified), give the byte-identical index; a renamed damaged one is still caught; Arrow
     IPC shards (version 2) and Parquet ones (version 1) of the same rows, the same index."""
     shards = fake_shards(tmp_path / "shards", suffix=suffix)
     r = run_cli("index", str(tmp_path / "shards"), "--out", str(tmp_path / "a.bfti"))
     assert r.returncode == 0, r.stderr
-    parts = renamed(shards, tmp_path / "parts", drop_sums=1)
-    r = run_cli("index", str(parts), "--out", str(tmp_path / "b.bfti"))
+    parts = renamed(shards, tmp_path / "parts", drop_sums=1)  # an IPC one without it: --unverified
+    r = run_cli("index", str(parts), "--out", str(tmp_path / "b.bfti"), "--unverified")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "b.bfti").read_bytes() == (tmp_path / "a.bfti").read_bytes()
     other = ".parquet" if suffix == ".arrow" else ".arrow"
@@ -100,7 +100,7 @@ def test_renamed_shards_index_to_the_same_bytes(tmp_path: Path, suffix: str) -> 
     damaged = bytearray((parts / f"part-00002{suffix}").read_bytes())
     damaged[len(damaged) // 2] ^= 1  # the checksum renamed with it still guards it
     (parts / f"part-00002{suffix}").write_bytes(bytes(damaged))
-    r = run_cli("index", str(parts), "--out", str(tmp_path / "c.bfti"))
+    r = run_cli("index", str(parts), "--out", str(tmp_path / "c.bfti"), "--unverified")
     assert r.returncode == 2 and f"part-00002{suffix}: checksum mismatch" in r.stderr, r.stderr
     errors = [line for line in r.stderr.splitlines() if not line.startswith("[")]  # but progress lines
     assert len(errors) == 1 and "Traceback" not in r.stderr and not (tmp_path / "c.bfti").exists(), r.stderr
@@ -224,7 +224,7 @@ def test_shards_are_aggregated_directly(heldout: Path, tmp_path: Path) -> None:
     assert_same_index(Index(heldout), Index(tmp_path / "again.bfti"))
     # the same shards renamed as other tools name theirs: the same index, byte for byte
     parts = renamed(shard_paths(Path(str(heldout) + ".shards")), tmp_path / "parts", drop_sums=0)
-    r = run_cli("index", str(parts), "--out", str(tmp_path / "parts.bfti"))
+    r = run_cli("index", str(parts), "--out", str(tmp_path / "parts.bfti"), "--unverified")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "parts.bfti").read_bytes() == (tmp_path / "again.bfti").read_bytes()
 
