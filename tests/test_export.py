@@ -330,8 +330,17 @@ class _Gate:
                     refuse = gate.seen <= fail
                     gate.open += 1
                     gate.most_open = max(gate.most_open, gate.open)
+                closed = False
+
+                def close() -> None:  # before the answer goes out: once the client has it, it may
+                    nonlocal closed   # send its next request before this thread runs again
+                    with gate.lock:
+                        gate.open -= 0 if closed else 1
+                    closed = True
+
                 try:
                     if refuse:
+                        close()
                         self.send_response(status)
                         self.end_headers()
                         self.wfile.write(b"not now")
@@ -342,13 +351,13 @@ class _Gate:
                                                  headers={"Content-Type": "application/json"})
                     with urllib.request.urlopen(req, timeout=60) as r:
                         answer = r.read()
+                    close()
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(answer)))
                     self.end_headers()
                     self.wfile.write(answer)
                 finally:
-                    with gate.lock:
-                        gate.open -= 1
+                    close()
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
