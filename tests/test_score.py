@@ -188,3 +188,26 @@ def test_index_corpus_takes_records_or_their_shards(toy, records: list[Record], 
     with pytest.raises(BadInput, match="leaves no room"):
         index_corpus(records, tmp_path / "t.bfti", base=base, aligned=aligned,
                      score=ScoreConfig(max_length=5), too_long="refuse")
+
+
+def test_compiled_statistics_equal_the_eager_ones(toy, records: list[Record], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from bftcore.score import COMPILE_VOCAB, shard_stats, statistics_fn
+
+    # auto compiles only where the vocabulary makes it pay
+    assert statistics_fn("auto", COMPILE_VOCAB - 1) is shard_stats
+    assert statistics_fn("auto", COMPILE_VOCAB) is not shard_stats
+    assert statistics_fn("off", COMPILE_VOCAB) is shard_stats
+    with pytest.raises(BadInput, match="compile must be one of"):
+        statistics_fn("sometimes", 10)
+    base, aligned = models(toy)
+    with pytest.raises(BadInput, match="compile must be one of"):
+        score_corpus(records, base, aligned, tmp_path / "bad", ScoreConfig(compile="sometimes"))
+    score_corpus(records, base, aligned, tmp_path / "eager", ScoreConfig(compile="off"))
+    score_corpus(records, base, aligned, tmp_path / "compiled", ScoreConfig(compile="on"))
+    eager, compiled = read(tmp_path / "eager"), read(tmp_path / "compiled")
+    assert eager.num_rows == compiled.num_rows > 0
+    for name in ("topk_token", "token", "pos"):
+        assert eager[name].equals(compiled[name]), name
+    for name in ("lp_base", "lp_aligned", "kl", "bf_mass", "retain", "topk_lp_base", "topk_lp_aligned"):
+        a, b = (np.asarray(pc.list_flatten(t[name]) if name.startswith("topk") else t[name]) for t in (eager, compiled))
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=name)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class ScoreConfig:
     max_new_tokens: int = 64  # length of such generated responses
     thinking: bool = False  # render prompts with the template's thinking block on (Qwen3)
     dtype: str = "auto"  # the models' type (bftcore.precision); the statistics are float32 anyway
+    compile: str = "auto"  # torch.compile the statistics: on, off, auto (on at vocabularies >= COMPILE_VOCAB)
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,32 @@ def shard_stats(logits_b: torch.Tensor, logits_a: torch.Tensor, targets: torch.T
 PLAIN_HEAD = {"llama", "qwen2", "qwen3", "mistral", "qwen2_moe", "qwen3_moe", "mixtral", "olmo2"}
 
 
+# torch.compile fuses the statistics' passes over the vocabulary (two log-softmaxes, the KL's exp,
+# difference, product and sum): at a 128k vocabulary the mid model scores in ~20% less time on
+# this CPU (benches/score_blocks.py), at a cost of ~25 s of compiling once per process (less with
+# inductor's on-disk cache). At the toy world's 1,024 the compiling costs more than it saves.
+COMPILE_VOCAB = 32768
+COMPILE_CHOICES = ("auto", "on", "off")
+
+
+def statistics_fn(compile: str, vocab: int) -> Callable[..., dict[str, torch.Tensor]]:
+    """`shard_stats`, compiled where `compile` says ("auto": at vocabularies >= COMPILE_VOCAB)."""
+    import torch
+
+    if compile not in COMPILE_CHOICES:
+        raise BadInput(f"compile must be one of {', '.join(COMPILE_CHOICES)}, not {compile!r}")
+    if compile == "off" or (compile == "auto" and vocab < COMPILE_VOCAB):
+        return shard_stats
+    # dynamic: the last block of a batch is shorter; one compiled graph serves every length
+    return cast(Callable[..., dict[str, torch.Tensor]], torch.compile(shard_stats, dynamic=True))
+
+
 def _chunks(n: int, vocab: int, device: torch.device) -> list[slice]:
-    """Blocks of response positions whose [block, vocab] float32 logits stay cache-sized on a CPU
-    (8 MiB: the elementwise statistics are memory-bound) and large on a GPU (256 MiB)."""
-    budget = (256 if device.type == "cuda" else 8) << 20
+    """Blocks of response positions of 128 MiB of [block, vocab] float32 logits on a CPU, 256 MiB
+    on a GPU. On this 2-core CPU 128 MiB scored the mid model (128k vocabulary) at 45-51% of the
+    matmul peak, 8 MiB at 24-28%: larger blocks make the vocabulary projection a larger matmul
+    (benches/score_blocks.py); 256 MiB and up lose again."""
+    budget = (256 if device.type == "cuda" else 128) << 20
     size = max(16, budget // (4 * vocab))
     return [slice(s, s + size) for s in range(0, n, size)]
 
@@ -128,6 +151,8 @@ class Scorer:
     def __init__(self, base: Any, aligned: Any, *, pad_id: int, cfg: ScoreConfig) -> None:
         self.base, self.aligned, self.pad_id, self.cfg = base, aligned, pad_id, cfg
         self.device = next(aligned.parameters()).device
+        self.vocab = aligned.get_output_embeddings().weight.shape[0]
+        self.statistics = statistics_fn(cfg.compile, self.vocab)
 
     def batches(self, docs: Sequence[Doc]) -> list[list[Doc]]:
         """Longest first, as many per batch as fit `batch_tokens` padded tokens."""
@@ -174,8 +199,8 @@ class Scorer:
         r = torch.tensor(rows, device=self.device)
         c = torch.tensor(cols, device=self.device)
         tgt = torch.tensor(targets, device=self.device)
-        blocks = _chunks(len(rows), self.aligned.get_output_embeddings().weight.shape[0], self.device)
-        parts = [shard_stats(lb, la, tgt[sl], self.cfg.k, self.cfg.tau)
+        blocks = _chunks(len(rows), self.vocab, self.device)
+        parts = [self.statistics(lb, la, tgt[sl], self.cfg.k, self.cfg.tau)
                  for lb, la, sl in zip(_response_logits(self.base, ids, r, c, blocks),
                                        _response_logits(self.aligned, ids, r, c, blocks), blocks)]
         stats = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
@@ -251,6 +276,8 @@ def score_corpus(
         raise BadInput(f"{out}: exists and is not a directory")
     if cfg.k < 1:
         raise BadInput("k must be at least 1")
+    if cfg.compile not in COMPILE_CHOICES:
+        raise BadInput(f"compile must be one of {', '.join(COMPILE_CHOICES)}, not {cfg.compile!r}")
     from bftcore.generate import TorchGenerator
     from bftcore.models import check_same_tokenizer, load_model, load_tokenizer
     from bftcore.precision import resolve_dtype, torch_dtype

@@ -106,12 +106,12 @@ def thinking_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _score_config(k: int, tau: float, batch_tokens: int, shard_size: int, max_length: int | None,
-                  no_generate: bool, max_new_tokens: int, dtype: str, thinking: bool) -> Any:
+                  no_generate: bool, max_new_tokens: int, dtype: str, thinking: bool, compile: str) -> Any:
     from bftcore.score import ScoreConfig
 
     return ScoreConfig(k=k, tau=tau, batch_tokens=batch_tokens, shard_size=shard_size, max_length=max_length,
                        generate_missing=not no_generate, max_new_tokens=max_new_tokens, thinking=thinking,
-                       dtype=dtype)
+                       dtype=dtype, compile=compile)
 
 
 def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -129,8 +129,10 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto."),
         dtype_option("Statistics are computed in float32 whatever the type."),
         thinking_option,
+        click.option("--compile", "compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="torch.compile the per-position statistics (auto: at vocabularies of 32,768 and up, where it saves time)."),
     ], options_to("scoring", _score_config, "k", "tau", "batch_tokens", "shard_size", "max_length",
-                  "no_generate", "max_new_tokens", "dtype", "thinking"))(fn)
+                  "no_generate", "max_new_tokens", "dtype", "thinking", "compile"))(fn)
 
 
 def judge_options(fn: Callable[..., Any]) -> Callable[..., Any]:
