@@ -3,7 +3,7 @@ toy-world seeds, at equal steps and at equal wall-clock, with the ablations of o
 
     python benches/compare.py [--preset cpu|gpu] [--world deep|default] [--arch llama] [--worlds 0 1 2]
                               [--budgets 10 30 100] [--literature-budgets 100] [--wall-clock 30]
-                              [--out benches/compare]
+                              [--out benches/compare] [--report-only]
 
 The world: the deep toy world by default (`toy.DEEP`: answers of ~270 tokens, steps of each held-out
 task never seen in training, one harmful verb held out whole, the unseen style known to the base
@@ -35,7 +35,8 @@ worlds (x/n summed over them, its 95% Wilson interval, the range of the per-worl
 tuning world apart. Resumable: every trained model and every measured row is cached by its inputs,
 and results.json keeps every measured model with a digest of its inputs, so a run on another
 machine (empty caches) measures only what the file lacks; results.json, the tables (compare.md) and
-the plot (asr_vs_budget.png) go to --out (default benches/compare/, kept in git).
+the plot (asr_vs_budget.png) go to --out (default benches/compare/, kept in git); `--report-only`
+rewrites the tables and the plot from results.json for the plan's worlds and budgets, measuring nothing.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=list(TRAINED), default=list(TRAINED))
     ap.add_argument("--device")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("compare"))
+    ap.add_argument("--report-only", action="store_true", help="rewrite compare.md and the plot from results.json")
     a = ap.parse_args()
     plan = {k: v if getattr(a, k) is None else getattr(a, k) for k, v in PRESETS[a.preset].items()}
     from bftcore.progress import plain_lines
@@ -107,7 +109,7 @@ def main() -> None:
     progress = plain_lines(lambda line: print(line, file=sys.stderr, flush=True), 60.0)
     results = Results(a.out / "results.json")
     plan["world"] = a.world
-    for world in plan["worlds"]:
+    for world in [] if a.report_only else plan["worlds"]:
         run_world(world, a.arch, plan, a.methods, results, progress)
         report(results, plan, a.out)
     report(results, plan, a.out)
@@ -357,15 +359,19 @@ def pooled(rows: list[dict[str, Any]]) -> str:
     return f"{x}/{n} {100 * x / n:.1f} [{100 * low:.1f},{100 * high:.1f}]{spread}"
 
 
-def _measure(entry: dict[str, Any], metric: str, k: int | None) -> float | None:
+def _measure(entry: dict[str, Any], metric: str, k: int | None, bucket: str | None = None) -> float | None:
     got = [m["value"] for m in entry["measures"] if m["metric"] == metric and m.get("k") == k
-           and m.get("bucket") is None]
+           and m.get("bucket") == bucket]
     return got[0] if got else None
 
 
 def measures_table(results: Results, plan: dict[str, Any], worlds: list[int]) -> str:
-    """Per method and equal-steps budget: retention per bucket, refusal margin, KL, perplexity."""
-    cols = [*(f"R_t {b}" for b in RETENTION_BUCKETS), "margin k=10", "margin k=40", "KL to aligned", "perplexity"]
+    """Per method and equal-steps budget: retention per bucket, refusal margin, the oracle's rank of
+    the reference token (after 10 forced tokens, positions 9-16 and 65-128), KL, perplexity."""
+    scalars = [("refusal-margin", 10, None), ("refusal-margin", 40, None), ("reference-rank", 10, "9-16"),
+               ("reference-rank", 10, "65-128"), ("kl-to-aligned", None, None), ("perplexity", None, None)]
+    cols = [*(f"R_t {b}" for b in RETENTION_BUCKETS), "margin k=10", "margin k=40", "oracle rank 9-16",
+            "oracle rank 65-128", "KL to aligned", "perplexity"]
     lines = ["| method | steps | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for budget in [0, *sorted(plan["budgets"])]:
         entries = [e for e in results.entries.values() if e["world"] in worlds
@@ -373,8 +379,7 @@ def measures_table(results: Results, plan: dict[str, Any], worlds: list[int]) ->
         for method in _columns(entries):
             mine = [e for e in entries if e["method"] == method]
             values = [[(e["retention"] or {}).get(b) for e in mine] for b in RETENTION_BUCKETS]
-            values += [[_measure(e, "refusal-margin", 10) for e in mine], [_measure(e, "refusal-margin", 40) for e in mine],
-                       [_measure(e, "kl-to-aligned", None) for e in mine], [_measure(e, "perplexity", None) for e in mine]]
+            values += [[_measure(e, *scalar) for e in mine] for scalar in scalars]
             cells = [f"{sum(v) / len(v):.3g}" if v and None not in v else "" for v in values]
             lines.append(f"| {method} | {budget or '-'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
