@@ -2,7 +2,7 @@
 toy-world seeds, at equal steps and at equal wall-clock, with the ablations of ours.
 
     python benches/compare.py [--preset cpu|gpu] [--world deep|default] [--arch llama] [--worlds 0 1 2]
-                              [--budgets 10 30 100] [--literature-budgets 100] [--wall-clock 30]
+                              [--budgets 10 30] [--literature-budgets 30] [--wall-clock 10]
                               [--out benches/compare] [--report-only]
 
 The world: the deep toy world by default (`toy.DEEP`: answers of ~270 tokens, steps of each held-out
@@ -50,8 +50,9 @@ from pathlib import Path
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # this 2-core machine: three budgets, the literature's attacks at the largest, one wall-clock budget
-    "cpu": {"worlds": [0, 1, 2], "budgets": [10, 30, 100], "literature_budgets": [100], "wall_clock": [30],
+    # this 2-core machine, sized to ~3 hours: two budgets, the literature's attacks at the larger, one
+    # wall-clock budget (a deep world builds in 13 min; a model trains and is measured in 1.5-4 min)
+    "cpu": {"worlds": [0, 1, 2], "budgets": [10, 30], "literature_budgets": [30], "wall_clock": [10],
             "device": "cpu"},
     # the lent GPU: the issue's grid whole
     "gpu": {"worlds": [0, 1, 2], "budgets": [10, 30, 100, 300], "literature_budgets": [10, 30, 100, 300],
@@ -368,10 +369,12 @@ def _measure(entry: dict[str, Any], metric: str, k: int | None, bucket: str | No
 def measures_table(results: Results, plan: dict[str, Any], worlds: list[int]) -> str:
     """Per method and equal-steps budget: retention per bucket, refusal margin, the oracle's rank of
     the reference token (after 10 forced tokens, positions 9-16 and 65-128), KL, perplexity."""
-    scalars = [("refusal-margin", 10, None), ("refusal-margin", 40, None), ("reference-rank", 10, "9-16"),
-               ("reference-rank", 10, "65-128"), ("kl-to-aligned", None, None), ("perplexity", None, None)]
-    cols = [*(f"R_t {b}" for b in RETENTION_BUCKETS), "margin k=10", "margin k=40", "oracle rank 9-16",
-            "oracle rank 65-128", "KL to aligned", "perplexity"]
+    # (column label, metric, k, bucket)
+    scalars = [("margin k=10", "refusal-margin", 10, None), ("margin k=40", "refusal-margin", 40, None),
+               ("oracle rank 9-16", "reference-rank", 10, "9-16"),
+               ("oracle rank 65-128", "reference-rank", 10, "65-128"),
+               ("KL to aligned", "kl-to-aligned", None, None), ("perplexity", "perplexity", None, None)]
+    cols = [*(f"R_t {b}" for b in RETENTION_BUCKETS), *(label for label, *_ in scalars)]
     lines = ["| method | steps | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for budget in [0, *sorted(plan["budgets"])]:
         entries = [e for e in results.entries.values() if e["world"] in worlds
@@ -379,7 +382,7 @@ def measures_table(results: Results, plan: dict[str, Any], worlds: list[int]) ->
         for method in _columns(entries):
             mine = [e for e in entries if e["method"] == method]
             values = [[(e["retention"] or {}).get(b) for e in mine] for b in RETENTION_BUCKETS]
-            values += [[_measure(e, *scalar) for e in mine] for scalar in scalars]
+            values += [[_measure(e, *measure) for e in mine] for _, *measure in scalars]
             cells = [f"{sum(v) / len(v):.3g}" if v and None not in v else "" for v in values]
             lines.append(f"| {method} | {budget or '-'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -434,7 +437,10 @@ def plot_budgets(results: Results, plan: dict[str, Any], worlds: list[int], path
                 ax.plot(*zip(*points), ":" if method.startswith("bft-") else "-", marker="o", ms=3,
                         color=model_colour(method), label=method)
         ax.set_title(attack if k is None else f"{attack} k={k}", fontsize=9)
-        ax.set_xscale("log")
+        ax.set_xscale("log")  # the budgets as plain ticks, one x range for every panel
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlim(budgets[0] / 1.3, budgets[-1] * 1.3)
         ax.set_ylim(-3, 103)
         ax.tick_params(labelsize=7)
     legend: dict[str, Any] = {}
@@ -444,7 +450,7 @@ def plot_budgets(results: Results, plan: dict[str, Any], worlds: list[int], path
     fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=6, fontsize=8)
     height = fig.get_figheight()  # the legend and the x label in the bottom 0.8 inch
     fig.supxlabel("training steps (equal-steps budgets)", y=0.5 / height, fontsize=9)
-    fig.supylabel(f"ASR % (pooled over world {', '.join(map(str, worlds))})", fontsize=9)
+    fig.supylabel(f"ASR % (pooled over world{'s' * (len(worlds) > 1)} {', '.join(map(str, worlds))})", fontsize=9)
     fig.tight_layout(rect=(0, 0.75 / height, 1, 1))
     save_figure(fig, path)
 
