@@ -86,6 +86,12 @@ def test_retention_profile_draws_k_in_proportion_to_rbar() -> None:
         assert abs(share[b] - want) < 0.02
     assert profile.draw_k(rng, 1) == 1  # no bucket with R̄ > 0 reachable: any k that fits
     assert profile.rbar(0) == 0.0 and profile.rbar(2) == 1.0 and profile.rbar(100) == 1.0
+    # per position: a bucket ∝ R̄ × its positions up to the response's end (1, 0.5 × 2, 1 × 4)
+    ks = [profile.draw_k(rng, 12, per_position=True) for _ in range(20000)]
+    share = {b: sum(1 for k in ks if lo <= k <= hi) / len(ks) for b, (lo, hi) in enumerate([(2, 2), (3, 4), (9, 12)])}
+    for b, want in ((0, 1 / 6), (1, 1 / 6), (2, 4 / 6)):
+        assert abs(share[b] - want) < 0.02
+    assert sum(share.values()) == 1.0
 
 
 # ---- each method's prefix lengths k, against their exact distribution ----------------------
@@ -147,31 +153,36 @@ def test_derta_prefix_lengths_are_uniform_over_the_response() -> None:
 PROFILE = cp.RetentionProfile((1, 2, 3, 5, 9, 17), (0.0, 0.6, 0.3, 0.0, 0.9, 0.5), (4, 4, 4, 4, 4, 0))
 
 
-@pytest.mark.parametrize("cap", [None, 12])
-def test_bft_prefix_lengths_follow_the_retention_profile(cap: int | None) -> None:
+@pytest.mark.parametrize("cap,k_draw,penalty", [(None, "bucket", "linear"), (12, "bucket", "linear"),
+                                               (None, "position", "rank")])
+def test_bft_prefix_lengths_follow_the_retention_profile(cap: int | None, k_draw: str, penalty: str) -> None:
     """k = 0 with probability direct_frac; else a bucket with probability ∝ R̄ among those with
-    index data that the response (or --max-prefix) reaches, then k uniform inside it; the target
-    weighs 1 + α·R̄(bucket(k))."""
-    cfg = cp.CompleteConfig(method="bft", batch_size=64, direct_frac=0.25, alpha=2.0, max_prefix=cap)
+    index data that the response (or --max-prefix) reaches (× its positions there, by position),
+    then k uniform inside it; the target weighs 1 + α·R̄(bucket(k)); the rank penalty's prefix
+    positions carry the refusal's opening token."""
+    cfg = cp.CompleteConfig(method="bft", batch_size=64, direct_frac=0.25, alpha=2.0, max_prefix=cap,
+                            k_draw=k_draw, penalty=penalty)
     ex = _draws(_synthetic(30), cfg, PROFILE)
     top = 16 if cap is None else cap  # the 17+ bucket has no data: k stops at 16
     buckets = {(2, 2): 0.6, (3, 4): 0.3, (9, top): 0.9}  # reachable, with data and R̄ > 0
-    total = sum(buckets.values())
+    mass = {b: rbar * ((b[1] - b[0] + 1) if k_draw == "position" else 1) for b, rbar in buckets.items()}
+    total = sum(mass.values())
     probs = {0: 0.25}
-    for (lo, hi), rbar in buckets.items():
-        probs |= dict.fromkeys(range(lo, hi + 1), 0.75 * rbar / total / (hi - lo + 1))
+    for (lo, hi), m in mass.items():
+        probs |= dict.fromkeys(range(lo, hi + 1), 0.75 * m / total / (hi - lo + 1))
     ks = [len(e.prefix) for e in ex]
     _chi_square_holds(ks, probs)
-    # bucket by bucket: the empirical frequencies of recovery examples against the normalised R̄
+    # bucket by bucket: the empirical frequencies of recovery examples against the normalised mass
     rec = [k for k in ks if k]
-    for (lo, hi), rbar in buckets.items():
+    for (lo, hi), m in mass.items():
         share = sum(lo <= k <= hi for k in rec) / len(rec)
-        assert abs(share - rbar / total) < 4 * math.sqrt(rbar / total * (1 - rbar / total) / len(rec)), (lo, hi)
+        assert abs(share - m / total) < 4 * math.sqrt(m / total * (1 - m / total) / len(rec)), (lo, hi)
     for e in ex:
         k = len(e.prefix)
         rbar = next((r for (lo, hi), r in buckets.items() if lo <= k <= hi), 0.0)
         assert e.weight == pytest.approx(1 + 2.0 * rbar) and e.kind == ("recovery" if k else "direct")
         assert (e.doc >= 0) == (k > 0)
+        assert e.rto == (7 if penalty == "rank" and k else None)  # s(x) = [7, 8, 2]
 
 
 def test_check_run_holds_every_rule() -> None:
@@ -180,6 +191,7 @@ def test_check_run_holds_every_rule() -> None:
     cp.check_run(cp.CompleteConfig(), **ok)
     cases = [
         (cp.CompleteConfig(method="nope"), ok, "unknown method"),
+        (cp.CompleteConfig(k_draw="nope"), ok, "unknown k draw"),
         (cp.CompleteConfig(steps=0), ok, "--steps"),
         (cp.CompleteConfig(), {**ok, "merge": True}, "--merge applies to --lora"),
         (cp.CompleteConfig(), {**ok, "index": False}, "needs --index"),

@@ -2,6 +2,7 @@
 (docs/method.md §2)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -44,6 +45,29 @@ def test_penalty_fades_as_the_model_lets_go() -> None:
         losses.base_favored_penalty(logits, top, top_lp, torch.ones(1)).backward()
         grads.append(float(logits.grad.abs().sum()))
     assert grads[0] > grads[1] > grads[2] and grads[2] < 0.01
+
+
+def test_rank_margin_by_hand() -> None:
+    logits = _logits([math.log(0.5), math.log(0.3), math.log(0.2)])  # π_θ = (.5, .3, .2)
+    refusal, scale = torch.tensor([2]), torch.tensor([0.9])
+    # the base's top-2 are tokens 1 and 0 (mass .8 under the trainee) against the refusal's .2
+    got = losses.rank_margin(logits, torch.tensor([[1, 0]]), refusal, scale)
+    assert abs(float(got) - 0.9 * math.log1p(0.8 / 0.2)) < 1e-6
+    # the refusal token among the base's favourites is not its own rival
+    got = losses.rank_margin(logits, torch.tensor([[2, 0]]), refusal, scale)
+    assert abs(float(got) - 0.9 * math.log1p(0.5 / 0.2)) < 1e-6
+    # a winner with no other rival: nothing to outrank
+    assert float(losses.rank_margin(logits, torch.tensor([[2]]), refusal, scale)) == 0.0
+
+
+def test_rank_penalty_fades_once_the_refusal_outranks() -> None:
+    """The gradient shrinks as the refusal's opening token overtakes the base's favoured one."""
+    grads = []
+    for refuse in (0.1, 0.6, 0.99):
+        logits = torch.log(torch.tensor([[1 - refuse, refuse]])).requires_grad_(True)
+        losses.rank_margin(logits, torch.tensor([[0]]), torch.tensor([1]), torch.ones(1)).backward()
+        grads.append(float(logits.grad.abs().sum()))
+    assert grads[0] > grads[1] > grads[2] and grads[2] < 0.05
 
 
 def test_distill_kl_by_hand() -> None:
@@ -144,7 +168,8 @@ def _setup(method: str, cfg: CompleteConfig, seed: int = 0):  # type: ignore[no-
         return top.indices, top.values
 
     def ctx(norm: dict[str, float]) -> LossContext:
-        return LossContext(cfg, PROFILE, norm, _bigram(ref), lambda b, r, c: base_logp(b.ids, b.mask, r, c), base_topk)
+        return LossContext(cfg, PROFILE, norm, _bigram(ref), lambda b, r, c: base_logp(b.ids, b.mask, r, c), base_topk,
+                           openers=(4, 6))  # the refusal openers the rank penalty's guard keeps benign answers above
 
     return examples, logits, ref.tolist(), base.tolist(), ctx
 
@@ -220,10 +245,13 @@ def test_qi_constrained_loss_by_hand() -> None:
     _close(_loss("qi-constrained", cfg, ex, logits, ctx), {"constrained": sum(terms) / len(terms)})
 
 
-@pytest.mark.parametrize("penalty,teacher", [("linear", "hybrid"), ("l2", "suppressed")])
+@pytest.mark.parametrize("penalty,teacher", [("linear", "hybrid"), ("l2", "suppressed"), ("rank", "hybrid")])
 def test_bft_loss_by_hand(penalty: str, teacher: str) -> None:
-    cfg = CompleteConfig(method="bft", lam=0.7, beta=0.4, gamma=1.5, top_k=3, penalty=penalty, teacher=teacher)
+    cfg = CompleteConfig(method="bft", lam=0.7, beta=0.4, gamma=1.5, top_k=3, penalty=penalty, teacher=teacher,
+                         guard=1.3)
     ex, logits, ref, base, ctx = _setup("bft", cfg)
+    if penalty == "rank":  # bft_example gives its recovery examples the refusal's opening token
+        ex = [replace(e, rto=e.target[0]) if e.kind == "recovery" else e for e in ex]
     lg, ids = logits.tolist(), [e.ids for e in ex]
     # position-weighted CE: Σ w(k)·nll over targets / the number of targets
     ce = [e.weight * -_lsm(lg[r][c])[t] for r, e, c, t, _ in _targets(ex)]
@@ -234,6 +262,11 @@ def test_bft_loss_by_hand(penalty: str, teacher: str) -> None:
         top = sorted(range(V), key=lambda v: -lpb[v])[:3]
         p = [math.exp(x) for x in _lsm(lg[r][c])]
         ret = sum(min(p[v], math.exp(lpb[v])) for v in top)
+        if penalty == "rank":  # softplus(log Σ_{top, not r} p − log p_r): log(1 + that mass / p_r)
+            r_tok = ex[r].target[0]
+            ret = math.log1p(sum(p[v] for v in top if v != r_tok) / p[r_tok])
+            pen.append(0.7 * _rbar_by_hand(pos) * ret)
+            continue
         pen.append(0.7 * _rbar_by_hand(pos) * (ret * ret if penalty == "l2" else ret))
     # distillation: KL(teacher || trainee) at every target position, times β
     kd = []
@@ -247,8 +280,16 @@ def test_bft_loss_by_hand(penalty: str, teacher: str) -> None:
         lq = _lsm(lg[r][c])
         kd.append(sum(math.exp(a) * (a - q) for a, q in zip(lt, lq)))
     assert len(pen) == 7 and len(kd) == len(ce) == 11
-    _close(_loss("bft", cfg, ex, logits, ctx),
-           {"ce": sum(ce) / len(ce), "penalty": sum(pen) / len(pen), "kd": 0.4 * sum(kd) / len(kd)})
+    want = {"ce": sum(ce) / len(ce), "penalty": sum(pen) / len(pen), "kd": 0.4 * sum(kd) / len(kd)}
+    if penalty == "rank":  # the guard: each benign token above the openers 4 and 6 (not itself)
+        guard = []
+        for r, e, c, t, _ in _targets(ex):
+            if e.kind == "benign":
+                p = [math.exp(x) for x in _lsm(lg[r][c])]
+                guard.append(cfg.guard * math.log1p(sum(p[o] for o in (4, 6) if o != t) / p[t]))
+        assert len(guard) == 3
+        want["guard"] = sum(guard) / len(guard)
+    _close(_loss("bft", cfg, ex, logits, ctx), want)
 
 
 @pytest.mark.parametrize("method", ["bft", "sft", "qi-augment", "qi-constrained", "derta"])

@@ -57,6 +57,8 @@ LATER_SETTINGS: dict[str, tuple[Any, ...]] = {
     "shots": ((1, 2, 4),), "presto_lambda": (1.0,),
     # issue 18: the deep toy world (ToySettings)
     "task_steps": (0,), "heldout_verbs": (0,), "unseen_in_base": (False,), "lookalike": (False,),
+    # issue 18 item 5: how bft draws k (CompleteConfig)
+    "k_draw": ("bucket",), "guard": (1.0,),
 }
 
 

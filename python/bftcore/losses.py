@@ -44,6 +44,26 @@ def base_favored_penalty(logits: torch.Tensor, base_topk: torch.Tensor, base_top
     return (scale * (r * r if squared else r)).sum() / scale.numel()
 
 
+def rank_margin(logits: torch.Tensor, rivals: torch.Tensor, winner: torch.Tensor,
+                scale: torch.Tensor) -> torch.Tensor:
+    """L = (1/M) Σ_m s_m · softplus(log Σ_{v ∈ rivals_m, v ≠ w_m} π_θ(v) − log π_θ(w_m)).
+
+    The rank form of the penalty (after the rank-assisted prefill of arXiv 2512.05518, which
+    takes the best-ranked token that does not open a refusal): at each row the winner must
+    outrank its rivals taken together. After a harmful prefix the winner is the refusal's opening
+    token and the rivals the base's favoured continuation; on a benign answer (the guard) the
+    winner is the answer's token and the rivals the refusal openers. It fades by itself once the
+    winner leads (the softplus's slope is the rivals' share of the two), so it stops pulling the
+    model anywhere the ranks already match. [M, V] logits, [M, k] rivals, [M] winner and scale.
+    """
+    if scale.numel() == 0:
+        return logits.sum() * 0.0
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    rival = logp.gather(-1, rivals).masked_fill(rivals == winner[:, None], float("-inf"))
+    win = logp.gather(-1, winner[:, None]).squeeze(-1)
+    return (scale * F.softplus(rival.logsumexp(-1) - win)).sum() / scale.numel()
+
+
 def distill_kl(teacher_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """L_kd = (1/N) Σ_i KL(p^T_i || π_θ(·|ctx_i)) = (1/N) Σ_i Σ_v p^T_i(v) (log p^T_i(v) − log π_θ(v))."""
     if logits.shape[0] == 0:

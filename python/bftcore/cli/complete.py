@@ -17,11 +17,11 @@ from bftcore.cli.common import (
     progress_bars,
     thinking_option,
 )
-from bftcore.complete import OBJECTIVES, PENALTIES, TEACHERS, CompleteConfig, HardenInputs, harden
+from bftcore.complete import K_DRAWS, OBJECTIVES, PENALTIES, TEACHERS, CompleteConfig, HardenInputs, harden
 
 # the options that are CompleteConfig's fields (the adapter's alpha follows its rank: 2 r)
 CONFIG_OPTIONS = ("method", "steps", "batch_size", "grad_accum", "lr", "harmful_frac", "seed", "alpha", "lam",
-                  "penalty", "beta", "teacher", "gamma", "direct_frac", "max_prefix", "presto_lambda", "lora", "lora_r",
+                  "penalty", "guard", "beta", "teacher", "gamma", "direct_frac", "max_prefix", "k_draw", "presto_lambda", "lora", "lora_r",
                   "checkpoint_every", "fsdp", "grad_checkpointing", "dtype", "thinking")
 # the options that are HardenInputs' fields: what to train on, where from and where to
 INPUT_OPTIONS = ("aligned", "data", "benign", "out", "base", "index", "base_shards", "read", "refusals",
@@ -60,7 +60,11 @@ def _harden_inputs(**options: Any) -> HardenInputs:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--alpha", type=click.FloatRange(min=0), default=CompleteConfig.alpha, show_default=True, help="Position weight w(k) = 1 + alpha * R(bucket(k)).")
 @click.option("--lam", type=click.FloatRange(min=0), default=CompleteConfig.lam, show_default=True, help="Base-favored penalty weight.")
-@click.option("--penalty", type=click.Choice(list(PENALTIES)), default=CompleteConfig.penalty, show_default=True)
+@click.option("--penalty", type=click.Choice(list(PENALTIES)), default=CompleteConfig.penalty, show_default=True,
+              help="bft: the base-favored penalty on the retained base mass (linear, l2), or its rank form "
+                   "(rank: the refusal's opening token above the base's favoured tokens).")
+@click.option("--guard", type=click.FloatRange(min=0), default=CompleteConfig.guard, show_default=True,
+              help="bft --penalty rank: weight of its guard (benign answer tokens above the refusal openers).")
 @click.option("--beta", type=click.FloatRange(min=0), default=CompleteConfig.beta, show_default=True, help="Distillation weight.")
 @click.option("--teacher", type=click.Choice(list(TEACHERS)), default=CompleteConfig.teacher, show_default=True)
 @click.option("--gamma", type=click.FloatRange(min=0), default=CompleteConfig.gamma, show_default=True, help="Suppression strength of --teacher suppressed.")
@@ -68,6 +72,8 @@ def _harden_inputs(**options: Any) -> HardenInputs:
               help="presto: weight of the attention the refusal pays to the harmful prefill.")
 @click.option("--direct-frac", type=click.FloatRange(0, 1), default=CompleteConfig.direct_frac, show_default=True, help="bft: harmful records trained without a prefix.")
 @click.option("--max-prefix", type=click.IntRange(min=1), help="bft: cap on the prefix length k.")
+@click.option("--k-draw", type=click.Choice(list(K_DRAWS)), default=CompleteConfig.k_draw, show_default=True,
+              help="bft: k from the index's profile by bucket (each bucket ∝ R̄) or by position (each position ∝ R̄).")
 @click.option("--lora", is_flag=True, help="Train a LoRA adapter (peft) instead of full weights.")
 @click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--merge", is_flag=True, help="With --lora: write the merged model instead of the adapter.")

@@ -33,6 +33,7 @@ from bftcore.complete.batching import Batch, CompletionExample, collate, step_re
 from bftcore.complete.card import CARD
 from bftcore.complete.config import (
     FINETUNE_ATTACKS,
+    K_DRAWS,
     METHODS,
     OBJECTIVES,
     PENALTIES,
@@ -55,7 +56,7 @@ from bftcore.complete.methods import make_examples, term_counts
 from bftcore.complete.profile import RetentionProfile
 
 __all__ = [
-    "CARD", "DEFAULT_REFUSALS", "FINETUNE_ATTACKS", "METHODS", "OBJECTIVES", "PENALTIES", "TEACHERS", "Batch", "BenignItem", "CompleteConfig",
+    "CARD", "DEFAULT_REFUSALS", "FINETUNE_ATTACKS", "K_DRAWS", "METHODS", "OBJECTIVES", "PENALTIES", "TEACHERS", "Batch", "BenignItem", "CompleteConfig",
     "CompletionData", "CompletionExample", "HardenInputs", "HarmfulItem", "RetentionProfile", "RunResult",
     "ShardBaseStats", "Trainer", "build_data", "check_run", "collate", "complete", "harden", "make_examples",
     "prepare_data", "step_records", "term_counts", "train_loop", "work_dir",

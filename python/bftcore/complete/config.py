@@ -16,7 +16,8 @@ METHODS = ("bft", "sft", "qi-augment", "qi-constrained", "derta", "presto")  # t
 FINETUNE_ATTACKS = ("harmful-sft", "harmful-constrained")
 OBJECTIVES = METHODS + FINETUNE_ATTACKS  # what `complete --method` trains
 TEACHERS = ("hybrid", "suppressed", "off")
-PENALTIES = ("linear", "l2", "off")
+PENALTIES = ("linear", "l2", "rank", "off")
+K_DRAWS = ("bucket", "position")  # how bft draws k from the retention profile (RetentionProfile.draw_k)
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,13 @@ class CompleteConfig:
     alpha: float = 1.0  # position weight w(k) = 1 + alpha * R̄(bucket(k))
     lam: float = 1.0  # base-favored penalty weight
     penalty: str = "linear"
+    guard: float = 1.0  # penalty rank: weight of its guard (benign answers above the refusal openers)
     beta: float = 0.5  # distillation weight
     teacher: str = "hybrid"
     gamma: float = 2.0  # suppressed teacher
     top_k: int = 20  # base top-k of the penalty
     max_prefix: int | None = None  # cap on k (default: the response length)
+    k_draw: str = "bucket"
     # baselines
     qi_alpha: float = 0.2
     qi_max_prefix: int = 100
@@ -65,6 +68,8 @@ class CompleteConfig:
             raise BadInput(f"unknown method {self.method!r} (choose from {', '.join(OBJECTIVES)})")
         if self.teacher not in TEACHERS:
             raise BadInput(f"unknown teacher {self.teacher!r} (choose from {', '.join(TEACHERS)})")
+        if self.k_draw not in K_DRAWS:
+            raise BadInput(f"unknown k draw {self.k_draw!r} (choose from {', '.join(K_DRAWS)})")
         if self.penalty not in PENALTIES:
             raise BadInput(f"unknown penalty {self.penalty!r} (choose from {', '.join(PENALTIES)})")
         if self.steps < 1 or self.batch_size < 2 or self.grad_accum < 1:

@@ -53,6 +53,10 @@ class CompletionData:
         return json_digest([[[h.id, h.prompt, h.response, h.refusal] for h in self.harmful],
                             [[b.id, b.prompt, b.response] for b in self.benign]])[:16]
 
+    def refusal_openers(self) -> tuple[int, ...]:
+        """The first token of every s(x), once each (the refusal openers the rank penalty guards)."""
+        return tuple(sorted({h.refusal[0] for h in self.harmful if h.refusal}))
+
     def summary(self) -> dict[str, Any]:
         return {"harmful": len(self.harmful), "benign": len(self.benign),
                 "self_refusals": sum(it.refusal_source == "self" for it in self.harmful),

@@ -67,7 +67,8 @@ def complete(base: str | Path | None, aligned: str | Path, data: CompletionData,
         base_model = load_model(Path(base), device=device, dtype=frozen).requires_grad_(False)
     ddp = distribute(model, [m for m in (reference, base_model) if m is not None], cfg, world)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    trainer = Trainer(model, reference, base_model, cfg, profile, pad, ddp=ddp, base_stats=base_stats)
+    trainer = Trainer(model, reference, base_model, cfg, profile, pad, ddp=ddp, base_stats=base_stats,
+                      openers=data.refusal_openers())
     # a checkpoint resumes only the same run: settings, data, profile, ranks and code version
     key = stage_key("completion", {"config": cfg.key(), "data": data.digest(), "profile": profile.to_dict(),
                                    "world": world, "base_statistics": base_stats is not None})

@@ -36,7 +36,7 @@ class Trainer:
 
     def __init__(self, model: Any, reference: Any, base: Any, cfg: CompleteConfig,
                  profile: RetentionProfile, pad_id: int, *, ddp: Any = None,
-                 base_stats: ShardBaseStats | None = None) -> None:
+                 base_stats: ShardBaseStats | None = None, openers: tuple[int, ...] = ()) -> None:
         from bftcore.precision import torch_dtype
         from bftcore.train import make_optimizer
 
@@ -44,6 +44,7 @@ class Trainer:
         self.cfg, self.profile, self.pad_id = cfg, profile, pad_id
         self.ddp = ddp  # the DDP-wrapped trainee under torchrun (its forward syncs gradients)
         self.base_stats = base_stats  # the base top-k from scored shards, instead of `base`
+        self.openers = openers  # the refusal openers of the run's data (the rank penalty's guard)
         self.device = next(model.parameters()).device
         self.compute = torch_dtype(cfg.dtype, self.device)  # the forward's type (autocast)
         self.opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -98,7 +99,7 @@ class Trainer:
         with autocast(self.device, self.compute):
             out = fwd(input_ids=b.ids, attention_mask=b.mask, output_attentions=attention)
         ctx = LossContext(self.cfg, self.profile, norm, self.reference_logp, self.base_logp, self.base_topk,
-                          attentions=tuple(out.attentions or ()) if attention else ())
+                          attentions=tuple(out.attentions or ()) if attention else (), openers=self.openers)
         terms = REGISTRY[self.cfg.method].loss(b, out.logits, ctx)
         loss = sum(terms.values(), torch.zeros((), device=self.device))
         return loss, {k: float(v.detach()) for k, v in terms.items()}

@@ -54,6 +54,8 @@ class LossContext:
     base_topk: Callable[[Batch], tuple[Tensor, Tensor]]
     # the trainee's attention probabilities per layer [B, H, L, L], for methods that ask for them
     attentions: Sequence[Tensor] = ()
+    # the refusal openers of the run's data (the first token of each s(x)): the rank penalty's guard
+    openers: Sequence[int] = ()
 
     def share(self, mean: Tensor, n: int, term: str) -> Tensor:
         """A micro-batch's mean over its n positions as its part of the global mean of `term`."""
@@ -195,14 +197,16 @@ def bft_example(it: HarmfulItem, cfg: CompleteConfig, profile: RetentionProfile,
     the target weighted by how much of the base the aligned model kept there."""
     if rng.random() < cfg.direct_frac:
         return CompletionExample("direct", it.prompt, [], it.refusal)
-    k = profile.draw_k(rng, len(it.response), cfg.max_prefix)
+    k = profile.draw_k(rng, len(it.response), cfg.max_prefix, per_position=cfg.k_draw == "position")
     return CompletionExample("recovery", it.prompt, it.response[:k], it.refusal,
-                             weight=1.0 + cfg.alpha * profile.rbar(k), doc=it.doc)
+                             weight=1.0 + cfg.alpha * profile.rbar(k), doc=it.doc,
+                             rto=it.refusal[0] if cfg.penalty == "rank" else None)
 
 
 def bft_counts(examples: Sequence[CompletionExample]) -> dict[str, int]:
     tgt = _targets(examples)
-    return {"ce": tgt, "penalty": sum(len(e.prefix) for e in examples), "kd": tgt}
+    return {"ce": tgt, "penalty": sum(len(e.prefix) for e in examples), "kd": tgt,
+            "guard": _targets([e for e in examples if not e.harmful])}
 
 
 def bft_loss(b: Batch, logits: Tensor, ctx: LossContext) -> dict[str, Tensor]:
@@ -215,8 +219,20 @@ def bft_loss(b: Batch, logits: Tensor, ctx: LossContext) -> dict[str, Tensor]:
     if cfg.penalty != "off" and cfg.lam > 0 and n_p:
         top_ids, top_lp = ctx.base_topk(b)
         scale = cfg.lam * rbar_at(ctx.profile, b.pre_pos)
-        terms["penalty"] = ctx.share(losses.base_favored_penalty(
-            logits[b.pre_row, b.pre_col], top_ids, top_lp, scale, squared=cfg.penalty == "l2"), n_p, "penalty")
+        pre_logits = logits[b.pre_row, b.pre_col]
+        if cfg.penalty == "rank":  # the prefix positions carry the refusal's opening token (rto)
+            term = losses.rank_margin(pre_logits, top_ids, b.pre_tok, scale)
+        else:
+            term = losses.base_favored_penalty(pre_logits, top_ids, top_lp, scale, squared=cfg.penalty == "l2")
+        terms["penalty"] = ctx.share(term, n_p, "penalty")
+    if cfg.penalty == "rank" and cfg.guard > 0 and ctx.openers:
+        # the guard: on benign answers the answer's token outranks every refusal opener
+        import torch
+
+        ok = ~b.tgt_harmful
+        rivals = torch.tensor(list(ctx.openers), device=tl.device).expand(int(ok.sum()), -1)
+        guard = losses.rank_margin(tl[ok], rivals, b.tgt_tok[ok], torch.full_like(b.tgt_weight[ok], cfg.guard))
+        terms["guard"] = ctx.share(guard, int(ok.sum()), "guard")
     if cfg.teacher != "off" and cfg.beta > 0 and n_t:
         if cfg.teacher == "hybrid":
             # the aligned model on the clean context: for benign and direct targets that is the

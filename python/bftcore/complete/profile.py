@@ -35,16 +35,18 @@ class RetentionProfile:
     def rbar(self, pos: int) -> float:
         return self.mean_retain[bucket_of(max(1, pos), list(self.edges))] if pos > 0 else 0.0
 
-    def draw_k(self, rng: random.Random, length: int, cap: int | None = None) -> int:
+    def draw_k(self, rng: random.Random, length: int, cap: int | None = None, *, per_position: bool = False) -> int:
         """A prefix length in [1, length]: a bucket with probability ∝ R̄ (buckets with data
-        that this response reaches), then uniform inside it."""
+        that this response reaches), then uniform inside it. `per_position`: a bucket with
+        probability ∝ R̄ × the positions of it this response reaches, so each position t is drawn
+        ∝ R̄(t) (deep positions as often as shallow ones where the aligned model kept as much)."""
         top = min(length, cap) if cap else length
         choices, weights = [], []
         for b, lo in enumerate(self.edges):
             hi = self.edges[b + 1] - 1 if b + 1 < len(self.edges) else top
             if lo <= top and self.counts[b] > 0 and self.mean_retain[b] > 0:
                 choices.append((lo, min(hi, top)))
-                weights.append(self.mean_retain[b])
+                weights.append(self.mean_retain[b] * ((min(hi, top) - lo + 1) if per_position else 1))
         if not choices:
             return rng.randint(1, max(1, top))
         lo, hi = rng.choices(choices, weights)[0]
