@@ -12,7 +12,9 @@ prefixes the baselines train on (Qi et al.'s augmentation: up to 100 tokens); or
 
 Defenses: ours (`bft`) and three ablations of it (`bft-no-index`: k drawn with every position
 bucket equally likely and one position weight for all, the index's guidance off; `bft-no-penalty`:
-the adaptive base-favored penalty off; `bft-no-teacher`: the hybrid-teacher distillation off); the
+the adaptive base-favored penalty off; `bft-no-teacher`: the hybrid-teacher distillation off); ours
+with the rank form of the penalty and its guard (`bft-rank`, `--penalty rank --lam 0.3`, chosen on
+world 0 by benches/tune.py) and its index ablation (`bft-rank-no-index`); the
 recovery-trained baselines (sft, qi-augment, derta, presto), all on the demo's data, batch and
 learning rate; and what trains nothing, measured once per world: the aligned model, contrastive
 decoding and Any-Depth Alignment.
@@ -60,8 +62,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 TUNING_WORLD = 0
 # row name -> (CompleteConfig changes, k and weights guided by the training index)
+RANK = {"penalty": "rank", "lam": 0.3}  # the rank form of the penalty at the weight chosen on world 0 (tune.py)
 TRAINED: dict[str, tuple[dict[str, Any], bool]] = {
     "bft": ({}, True),
+    "bft-rank": (RANK, True),
+    "bft-rank-no-index": (RANK, False),
     "bft-no-index": ({}, False),
     "bft-no-penalty": ({"penalty": "off"}, True),
     "bft-no-teacher": ({"teacher": "off"}, True),
@@ -103,6 +108,8 @@ def main() -> None:
     ap.add_argument("--device")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("compare"))
     ap.add_argument("--report-only", action="store_true", help="rewrite compare.md and the plot from results.json")
+    ap.add_argument("--select", nargs="+", metavar="ATTACK[@K]",
+                    help="with --report-only: print only these rows and --methods (and the aligned model), per budget")
     a = ap.parse_args()
     plan = {k: v if getattr(a, k) is None else getattr(a, k) for k, v in PRESETS[a.preset].items()}
     from bftcore.progress import plain_lines
@@ -110,6 +117,15 @@ def main() -> None:
     progress = plain_lines(lambda line: print(line, file=sys.stderr, flush=True), 60.0)
     results = Results(a.out / "results.json")
     plan["world"] = a.world
+    if a.select:  # a selection of the report's tables, printed (nothing measured, nothing written)
+        rows = {(r.split("@")[0], int(r.split("@")[1]) if "@" in r else None) for r in a.select}
+        held_out = [w for w in plan["worlds"] if w != TUNING_WORLD]
+        for regime, budgets in (("steps", plan["budgets"]), ("wall-clock", plan["wall_clock"])):
+            for budget in sorted(budgets):
+                text = asr_table(results, regime, budget, held_out, methods=["aligned", *a.methods], rows=rows)
+                if text:
+                    print(f"{regime} {budget}, worlds {', '.join(map(str, held_out))}\n\n{text}\n")
+        return
     for world in [] if a.report_only else plan["worlds"]:
         run_world(world, a.arch, plan, a.methods, results, progress)
         report(results, plan, a.out)
@@ -185,8 +201,9 @@ def run_world(world: int, arch: str, plan: dict[str, Any], methods: list[str], r
         entry = kept(regime, budget, name, inputs)
         if entry is None:
             b = ready()
-            path, seconds = train(tw, arch, b["root"], b["data"], b["profile"], name, steps, device=device,
-                                  progress=progress)
+            change, guided = TRAINED[name]
+            path, seconds = train(tw, arch, b["root"], b["data"], b["profile"], name, steps, change, guided,
+                                  device=device, progress=progress)
             entry = {"world": world, "regime": regime, "budget": budget, "method": name, "steps": steps,
                      "seconds": seconds, "inputs": inputs,
                      **measured(tw, arch, path, name, attack, device=device, progress=progress, literature=literature)}
@@ -208,15 +225,15 @@ def run_world(world: int, arch: str, plan: dict[str, Any], methods: list[str], r
             trained(name, steps, "wall-clock", budget)
 
 
-def train(tw: Any, arch: str, root: Path, data: Any, profile: Any, name: str, steps: int, *, device: str,
-          progress: Any) -> tuple[Path, float]:
-    """The model of row `name` at `steps` (cached by its settings) and the seconds its training took
-    (the run card's: the seconds of the run that finished it)."""
+def train(tw: Any, arch: str, root: Path, data: Any, profile: Any, name: str, steps: int,
+          change: dict[str, Any], guided: bool, *, device: str, progress: Any) -> tuple[Path, float]:
+    """The model of the demo's completion settings with `change` at `steps` (cached by its settings;
+    `guided`: k and weights from the training index, else every bucket alike) and the seconds its
+    training took (the run card's: the seconds of the run that finished it)."""
     from bftcore import complete as cp
     from bftcore import demo
     from bftcore.precision import resolve_dtype
 
-    change, guided = TRAINED[name]
     cfg = replace(demo.DEMO_COMPLETE, steps=steps, dtype=resolve_dtype(demo.DEMO_COMPLETE.dtype, device), **change)
     dest = root / "compare" / f"{name}-{cfg.key()}"
     if not dest.is_dir():
@@ -325,15 +342,18 @@ def _rows_of(results: Results, regime: str, budget: int, worlds: list[int]) -> l
     return got + [e for e in results.entries.values() if e["world"] in worlds and e["regime"] == "none"] if got else []
 
 
-def asr_table(results: Results, regime: str, budget: int, worlds: list[int]) -> str:
-    entries = _rows_of(results, regime, budget, worlds)
-    if not entries:
+def asr_table(results: Results, regime: str, budget: int, worlds: list[int], *, methods: list[str] | None = None,
+              rows: set[tuple[str, int | None]] | None = None) -> str:
+    """Every row of a budget (or only `rows`, as (attack, k)) for every method (or only `methods`)."""
+    entries = [e for e in _rows_of(results, regime, budget, worlds) if methods is None or e["method"] in methods]
+    if not any(e["method"] in TRAINED for e in entries):
         return ""
     columns = _columns(entries)
     cells: dict[tuple[str, Any, str], dict[str, list[dict[str, Any]]]] = {}
     for e in entries:
         for r in e["rows"]:
-            cells.setdefault((r["attack"], r["k"], r["metric"]), {}).setdefault(e["method"], []).append(r)
+            if rows is None or (r["attack"], r["k"]) in rows:
+                cells.setdefault((r["attack"], r["k"], r["metric"]), {}).setdefault(e["method"], []).append(r)
     steps = {e["method"]: e["steps"] for e in entries if e["regime"] != "none"}
     head = "| attack | " + " | ".join(f"{m} ({steps[m]})" if m in steps else m for m in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
@@ -434,7 +454,8 @@ def plot_budgets(results: Results, plan: dict[str, Any], worlds: list[int], path
             points = [(b, asr(method, "steps", b, attack, k)) for b in budgets]
             points = [(b, y) for b, y in points if y is not None]
             if points:
-                ax.plot(*zip(*points), ":" if method.startswith("bft-") else "-", marker="o", ms=3,
+                ax.plot(*zip(*points), ":" if method.startswith("bft-") and method != "bft-rank" else "-",
+                        marker="o", ms=3,
                         color=model_colour(method), label=method)
         ax.set_title(attack if k is None else f"{attack} k={k}", fontsize=9)
         ax.set_xscale("log")  # the budgets as plain ticks, one x range for every panel
