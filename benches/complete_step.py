@@ -88,7 +88,7 @@ def child(variant: str, size: str, steps: int, lora: bool) -> dict:
     trainee.train()
     for step in range(cfg.steps):
         examples = cp.make_examples(data, cfg, profile, step)
-        norm = {k: float(v) for k, v in cp.term_counts(examples, cfg.method).items()}
+        norm = {k: float(v) for k, v in cp.term_counts(examples, cfg).items()}
         t0 = time.perf_counter()
         loss, _ = trainer.micro_loss(cp.collate(examples, tok.pad_token_id, trainer.device), norm)
         loss.backward()

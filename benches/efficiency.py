@@ -175,7 +175,7 @@ def training(models_: list[Any], tok: Any, tw: Any, steps: int, batch_size: int,
     batches = []
     for step in range(cfg.steps):
         examples = cp.make_examples(data, cfg, profile, step)
-        norm = {k: float(v) for k, v in cp.term_counts(examples, cfg.method).items()}
+        norm = {k: float(v) for k, v in cp.term_counts(examples, cfg).items()}
         batches.append((cp.collate(examples, tok.pad_token_id, trainer.device), norm))
 
     def step(b: Any, norm: dict[str, float]) -> float:

@@ -351,6 +351,17 @@ def test_every_method_runs_from_the_cli(toy, small, tmp_path: Path, method: str)
     assert json.loads(a.stdout)["rows"][0]["n"] == 4
 
 
+def test_the_rank_penalty_runs_from_the_cli_and_logs_its_guard(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "rank"
+    r = run_cli(*_complete_args(toy, small, out, "--penalty", "rank", "--lam", "0.3", "--k-draw", "position",
+                                "--steps", "2", "--batch-size", "8", "--json"))
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / cp.CARD).read_text())
+    assert card["config"]["penalty"] == "rank" and card["config"]["k_draw"] == "position"
+    assert set(card["terms_final_mean10"]) == {"ce", "penalty", "kd", "guard"}
+    assert 0 < card["terms_final_mean10"]["guard"] < card["terms_final_mean10"]["ce"]
+
+
 def test_harden_is_the_whole_job_from_files(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The library entry behind `bftcore complete`: reads the corpora, judges the aligned model's
     own answers with the keywords given, builds the data, trains, and returns the run card."""

@@ -177,7 +177,7 @@ def _setup(method: str, cfg: CompleteConfig, seed: int = 0):  # type: ignore[no-
 def _loss(method: str, cfg: CompleteConfig, examples: list[CompletionExample], logits: torch.Tensor,
           ctx) -> dict[str, float]:  # type: ignore[no-untyped-def]
     b = collate(examples, 0, torch.device("cpu"))
-    norm = {k: float(v) for k, v in term_counts(examples, method).items()}
+    norm = {k: float(v) for k, v in term_counts(examples, replace(cfg, method=method)).items()}
     return {k: float(v) for k, v in REGISTRY[method].loss(b, logits, ctx(norm)).items()}
 
 
@@ -292,13 +292,17 @@ def test_bft_loss_by_hand(penalty: str, teacher: str) -> None:
     _close(_loss("bft", cfg, ex, logits, ctx), want)
 
 
-@pytest.mark.parametrize("method", ["bft", "sft", "qi-augment", "qi-constrained", "derta"])
-def test_micro_batch_terms_add_up_to_the_global_mean(method: str) -> None:
+@pytest.mark.parametrize("method,penalty", [("bft", "linear"), ("bft", "rank"), ("sft", "linear"),
+                                            ("qi-augment", "linear"), ("qi-constrained", "linear"), ("derta", "linear")])
+def test_micro_batch_terms_add_up_to_the_global_mean(method: str, penalty: str) -> None:
     """Gradient accumulation and ranks: each micro-batch's terms, normalised by the global counts,
     sum to the terms of the whole batch (micro-batches of unequal sizes included)."""
-    cfg = CompleteConfig(method=method, top_k=3)
+    cfg = CompleteConfig(method=method, top_k=3, penalty=penalty)
     ex, logits, _, _, ctx = _setup(method, cfg)
-    norm = {k: float(v) for k, v in term_counts(ex, method).items()}
+    if penalty == "rank":
+        ex = [replace(e, rto=e.target[0]) if e.kind == "recovery" else e for e in ex]
+    norm = {k: float(v) for k, v in term_counts(ex, cfg).items()}
+    assert ("guard" in norm) == (penalty == "rank")
     whole = _loss(method, cfg, ex, logits, ctx)
     parts: dict[str, float] = {}
     for lo, hi in ((0, 1), (1, len(ex))):

@@ -134,7 +134,7 @@ def train_loop(trainer: Trainer, data: CompletionData, work: Path, key: str, *,
         lr = lr_at(step, cfg.steps, cfg)
         set_lr(trainer.opt, lr)
         examples = make_examples(data, cfg, trainer.profile, step)
-        norm = {k: float(v) for k, v in term_counts(examples, cfg.method).items()}
+        norm = {k: float(v) for k, v in term_counts(examples, cfg).items()}
         mine = examples[rank::world]  # this rank's slice of the global batch
         per_micro = math.ceil(len(mine) / cfg.grad_accum)
         micro = [mine[s:s + per_micro] for s in range(0, len(mine), per_micro)]

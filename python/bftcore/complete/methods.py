@@ -205,8 +205,12 @@ def bft_example(it: HarmfulItem, cfg: CompleteConfig, profile: RetentionProfile,
 
 def bft_counts(examples: Sequence[CompletionExample]) -> dict[str, int]:
     tgt = _targets(examples)
-    return {"ce": tgt, "penalty": sum(len(e.prefix) for e in examples), "kd": tgt,
-            "guard": _targets([e for e in examples if not e.harmful])}
+    return {"ce": tgt, "penalty": sum(len(e.prefix) for e in examples), "kd": tgt}
+
+
+def guarded(cfg: CompleteConfig) -> bool:
+    """Whether the run has the rank penalty's guard term (bft, --penalty rank, --guard > 0)."""
+    return cfg.method == "bft" and cfg.penalty == "rank" and cfg.guard > 0
 
 
 def bft_loss(b: Batch, logits: Tensor, ctx: LossContext) -> dict[str, Tensor]:
@@ -225,12 +229,12 @@ def bft_loss(b: Batch, logits: Tensor, ctx: LossContext) -> dict[str, Tensor]:
         else:
             term = losses.base_favored_penalty(pre_logits, top_ids, top_lp, scale, squared=cfg.penalty == "l2")
         terms["penalty"] = ctx.share(term, n_p, "penalty")
-    if cfg.penalty == "rank" and cfg.guard > 0 and ctx.openers:
+    if guarded(cfg):
         # the guard: on benign answers the answer's token outranks every refusal opener
         import torch
 
-        ok = ~b.tgt_harmful
-        rivals = torch.tensor(list(ctx.openers), device=tl.device).expand(int(ok.sum()), -1)
+        ok = ~b.tgt_harmful & bool(ctx.openers)
+        rivals = torch.tensor(list(ctx.openers) or [0], device=tl.device).expand(int(ok.sum()), -1)
         guard = losses.rank_margin(tl[ok], rivals, b.tgt_tok[ok], torch.full_like(b.tgt_weight[ok], cfg.guard))
         terms["guard"] = ctx.share(guard, int(ok.sum()), "guard")
     if cfg.teacher != "off" and cfg.beta > 0 and n_t:
@@ -291,7 +295,12 @@ def make_examples(data: CompletionData, cfg: CompleteConfig, profile: RetentionP
         [CompletionExample("benign", data.benign[i].prompt, [], data.benign[i].response) for i in bs]
 
 
-def term_counts(examples: Sequence[CompletionExample], method: str) -> dict[str, int]:
-    """How many positions each loss term of a method averages over (known before any forward:
-    the normaliser shared by every micro-batch and rank of a step)."""
-    return REGISTRY[method].counts(examples)
+def term_counts(examples: Sequence[CompletionExample], run: str | CompleteConfig) -> dict[str, int]:
+    """How many positions each loss term of a method (or a run's config) averages over (known
+    before any forward: the normaliser shared by every micro-batch and rank of a step). A config
+    adds the terms its settings switch on (the rank penalty's guard: the benign targets)."""
+    cfg = run if isinstance(run, CompleteConfig) else None
+    counts = REGISTRY[cfg.method if cfg else str(run)].counts(examples)
+    if cfg is not None and guarded(cfg):
+        counts["guard"] = _targets([e for e in examples if not e.harmful])
+    return counts
