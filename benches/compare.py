@@ -75,6 +75,7 @@ TRAINED: dict[str, tuple[dict[str, Any], bool]] = {
     "derta": ({"method": "derta"}, True),
     "presto": ({"method": "presto"}, True),
 }
+ABLATIONS = ("bft-no-index", "bft-no-penalty", "bft-no-teacher", "bft-rank-no-index")  # dotted in the plot
 UNTRAINED = ("aligned", "contrastive", "any-depth")
 # the panels of the ASR-vs-budget figure: (attack, k)
 PANELS = [("prefill", 10), ("prefill", 40), ("prefill", 160), ("rank-prefill", 40), ("prefill:unseen", 20),
@@ -454,8 +455,7 @@ def plot_budgets(results: Results, plan: dict[str, Any], worlds: list[int], path
             points = [(b, asr(method, "steps", b, attack, k)) for b in budgets]
             points = [(b, y) for b, y in points if y is not None]
             if points:
-                ax.plot(*zip(*points), ":" if method.startswith("bft-") and method != "bft-rank" else "-",
-                        marker="o", ms=3,
+                ax.plot(*zip(*points), ":" if method in ABLATIONS else "-", marker="o", ms=3,
                         color=model_colour(method), label=method)
         ax.set_title(attack if k is None else f"{attack} k={k}", fontsize=9)
         ax.set_xscale("log")  # the budgets as plain ticks, one x range for every panel

@@ -1,7 +1,7 @@
 """The tuning pass of ours: variants of targeted completion trained on the tuning world only (world
 seed 0 of the comparison's world), at one small budget, beside derta (the baseline that leads there).
 
-    python benches/tune.py [--world deep] [--budget 10] [--variants bft position ...] [--out benches/tune]
+    python benches/tune.py [--world deep] [--budget 10] [--variants bft "rank lam 0.3" ...] [--out benches/tune]
 
 Every variant is our method with some settings changed (VARIANTS); each trains `--budget` steps with
 the demo's data, batch and learning rate and meets compare.py's rows (the demo's hardening rows,

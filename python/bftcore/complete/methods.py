@@ -233,10 +233,13 @@ def bft_loss(b: Batch, logits: Tensor, ctx: LossContext) -> dict[str, Tensor]:
         # the guard: on benign answers the answer's token outranks every refusal opener
         import torch
 
-        ok = ~b.tgt_harmful & bool(ctx.openers)
-        rivals = torch.tensor(list(ctx.openers) or [0], device=tl.device).expand(int(ok.sum()), -1)
-        guard = losses.rank_margin(tl[ok], rivals, b.tgt_tok[ok], torch.full_like(b.tgt_weight[ok], cfg.guard))
-        terms["guard"] = ctx.share(guard, int(ok.sum()), "guard")
+        ok = ~b.tgt_harmful
+        if ctx.openers:
+            rivals = torch.tensor(list(ctx.openers), device=tl.device).expand(int(ok.sum()), -1)
+            guard = losses.rank_margin(tl[ok], rivals, b.tgt_tok[ok], torch.full_like(b.tgt_weight[ok], cfg.guard))
+            terms["guard"] = ctx.share(guard, int(ok.sum()), "guard")
+        else:  # no refusal opener to guard against: the term is logged as 0
+            terms["guard"] = tl.sum() * 0.0
     if cfg.teacher != "off" and cfg.beta > 0 and n_t:
         if cfg.teacher == "hybrid":
             # the aligned model on the clean context: for benign and direct targets that is the
