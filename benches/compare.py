@@ -10,12 +10,12 @@ task never seen in training, one harmful verb held out whole, the unseen style k
 only), attacked to k = 160 and by the prefill of all but the last 16 tokens, far beyond the
 prefixes the baselines train on (Qi et al.'s augmentation: up to 100 tokens); or the demo's world.
 
-Defenses: ours (`bft`) and three ablations of it (`bft-no-index`: k drawn with every position
-bucket equally likely and one position weight for all, the index's guidance off; `bft-no-penalty`:
-the adaptive base-favored penalty off; `bft-no-teacher`: the hybrid-teacher distillation off); ours
-with the rank form of the penalty and its guard (`bft-rank`, `--penalty rank --lam 0.3`, chosen on
-world 0 by benches/tune.py) and its index ablation (`bft-rank-no-index`); the
-recovery-trained baselines (sft, qi-augment, derta, presto), all on the demo's data, batch and
+Defenses: ours (`bft`, the defaults: the rank form of the penalty at lam 0.3, chosen on world 0 by
+benches/tune.py) and three ablations of it (`bft-no-index`: k drawn with every position bucket
+equally likely and one position weight for all, the index's guidance off; `bft-no-penalty`: the
+adaptive base-favored penalty off; `bft-no-teacher`: the hybrid-teacher distillation off); ours
+with the linear penalty, the earlier default (`bft-linear`, `--penalty linear --lam 1`), and its
+index ablation (`bft-linear-no-index`); the recovery-trained baselines (sft, qi-augment, derta, presto), all on the demo's data, batch and
 learning rate; and what trains nothing, measured once per world: the aligned model, contrastive
 decoding and Any-Depth Alignment.
 
@@ -61,21 +61,21 @@ PRESETS: dict[str, dict[str, Any]] = {
             "wall_clock": [10, 30, 100, 300], "device": "cuda"},
 }
 TUNING_WORLD = 0
-# row name -> (CompleteConfig changes, k and weights guided by the training index)
-RANK = {"penalty": "rank", "lam": 0.3}  # the rank form of the penalty at the weight chosen on world 0 (tune.py)
+# row name -> (changes to the demo's CompleteConfig, k and weights guided by the training index)
+LINEAR = {"penalty": "linear", "lam": 1.0}  # the earlier default penalty
 TRAINED: dict[str, tuple[dict[str, Any], bool]] = {
     "bft": ({}, True),
-    "bft-rank": (RANK, True),
-    "bft-rank-no-index": (RANK, False),
     "bft-no-index": ({}, False),
     "bft-no-penalty": ({"penalty": "off"}, True),
     "bft-no-teacher": ({"teacher": "off"}, True),
+    "bft-linear": (LINEAR, True),
+    "bft-linear-no-index": (LINEAR, False),
     "sft": ({"method": "sft"}, True),
     "qi-augment": ({"method": "qi-augment"}, True),
     "derta": ({"method": "derta"}, True),
     "presto": ({"method": "presto"}, True),
 }
-ABLATIONS = ("bft-no-index", "bft-no-penalty", "bft-no-teacher", "bft-rank-no-index")  # dotted in the plot
+ABLATIONS = ("bft-no-index", "bft-no-penalty", "bft-no-teacher", "bft-linear-no-index")  # dotted in the plot
 UNTRAINED = ("aligned", "contrastive", "any-depth")
 # the panels of the ASR-vs-budget figure: (attack, k)
 PANELS = [("prefill", 10), ("prefill", 40), ("prefill", 160), ("rank-prefill", 40), ("prefill:unseen", 20),
@@ -160,12 +160,10 @@ class Results:
 
 def run_world(world: int, arch: str, plan: dict[str, Any], methods: list[str], results: Results,
               progress: Any) -> None:
-    """Measure what results.json lacks for one world. An entry is kept when its inputs (the world's
-    key, the attack and completion settings, the method, steps and literature flag) are those of
-    this run: a run on a fresh machine, whose caches are empty, goes on from the file alone."""
+    """Measure what results.json lacks for one world. An entry is kept when its inputs (`inputs_digest`)
+    are those of this run: a run on a fresh machine, whose caches are empty, goes on from the file alone."""
     from bftcore import demo
     from bftcore.cache import settings
-    from bftcore.files import json_digest
     from bftcore.toy import toy_world
 
     device = plan["device"]
@@ -180,15 +178,13 @@ def run_world(world: int, arch: str, plan: dict[str, Any], methods: list[str], r
                              demo.completion_inputs(tw, arch, device=device, progress=progress)))
         return built
 
-    common = {"world": tw.settings.key(), "arch": arch, "attack": settings(attack), "complete": settings(demo.DEMO_COMPLETE)}
-
     def kept(regime: str, budget: int, name: str, inputs: str) -> dict[str, Any] | None:
         e = results.entries.get(f"{world}/{regime}/{budget}/{name}")
         return e if e is not None and e.get("inputs") == inputs else None
 
     base, aligned = tw.model_dir(arch, "base"), tw.model_dir(arch, "aligned")
     for name, kw in {"aligned": {}, "contrastive": {"contrast_base": base}, "any-depth": {"ada": True}}.items():
-        inputs = json_digest({**common, "method": name})
+        inputs = inputs_digest(tw, arch, attack, method=name)
         if kept("none", 0, name, inputs) is None:
             ready()
             results.add({"world": world, "regime": "none", "budget": 0, "method": name, "steps": 0, "seconds": 0.0,
@@ -197,13 +193,13 @@ def run_world(world: int, arch: str, plan: dict[str, Any], methods: list[str], r
 
     def trained(name: str, steps: int, regime: str, budget: int) -> dict[str, Any]:
         literature = budget in plan["literature_budgets"]
-        inputs = json_digest({**common, "method": name, "variant": TRAINED[name], "steps": steps,
-                              "literature": literature})
+        change, guided = TRAINED[name]
+        cfg = row_config(change, steps, device)
+        inputs = inputs_digest(tw, arch, attack, complete=settings(cfg), guided=guided, literature=literature)
         entry = kept(regime, budget, name, inputs)
         if entry is None:
             b = ready()
-            change, guided = TRAINED[name]
-            path, seconds = train(tw, arch, b["root"], b["data"], b["profile"], name, steps, change, guided,
+            path, seconds = train(tw, arch, b["root"], b["data"], b["profile"], name, cfg, guided,
                                   device=device, progress=progress)
             entry = {"world": world, "regime": regime, "budget": budget, "method": name, "steps": steps,
                      "seconds": seconds, "inputs": inputs,
@@ -226,23 +222,41 @@ def run_world(world: int, arch: str, plan: dict[str, Any], methods: list[str], r
             trained(name, steps, "wall-clock", budget)
 
 
-def train(tw: Any, arch: str, root: Path, data: Any, profile: Any, name: str, steps: int,
-          change: dict[str, Any], guided: bool, *, device: str, progress: Any) -> tuple[Path, float]:
-    """The model of the demo's completion settings with `change` at `steps` (cached by its settings;
-    `guided`: k and weights from the training index, else every bucket alike) and the seconds its
-    training took (the run card's: the seconds of the run that finished it)."""
-    from bftcore import complete as cp
+def row_config(change: dict[str, Any], steps: int, device: str) -> Any:
+    """The demo's completion settings with `change`, at `steps`, in the device's precision."""
     from bftcore import demo
     from bftcore.precision import resolve_dtype
 
-    cfg = replace(demo.DEMO_COMPLETE, steps=steps, dtype=resolve_dtype(demo.DEMO_COMPLETE.dtype, device), **change)
-    dest = root / "compare" / f"{name}-{cfg.key()}"
+    return replace(demo.DEMO_COMPLETE, steps=steps, dtype=resolve_dtype(demo.DEMO_COMPLETE.dtype, device), **change)
+
+
+def inputs_digest(tw: Any, arch: str, attack: Any, **what: Any) -> str:
+    """What an entry of results.json was measured from: the world, the attack settings, the versions
+    of the stages that train and measure, and `what` (the method, or a trained model's settings,
+    guidance and literature flag; not its row name, so a renamed row keeps its entries)."""
+    from bftcore.cache import VERSIONS, settings
+    from bftcore.files import json_digest
+
+    versions = {stage: VERSIONS[stage] for stage in ("toy-world", "completion", "attack-rows")}
+    return json_digest({"world": tw.settings.key(), "arch": arch, "attack": settings(attack),
+                        "versions": versions, **what})
+
+
+def train(tw: Any, arch: str, root: Path, data: Any, profile: Any, name: str, cfg: Any, guided: bool, *,
+          device: str, progress: Any) -> tuple[Path, float]:
+    """The model of completion settings `cfg` (cached by its settings; `guided`: k and weights from
+    the training index, else every bucket alike) and the seconds its training took (the run card's:
+    the seconds of the run that finished it; `name` for the log only). A model is named by what it
+    was trained from, so rows of the same settings (here or in tune.py) share it."""
+    from bftcore import complete as cp
+
+    dest = root / "compare" / (cfg.key() + ("" if guided else "-uniform"))
     if not dest.is_dir():
         prof = profile if guided else cp.RetentionProfile.uniform(profile.edges)
         t0 = time.perf_counter()
         cp.complete(tw.model_dir(arch, "base"), tw.model_dir(arch, "aligned"), data, dest, cfg, profile=prof,
                     device=device, progress=progress, index_path=str(root / "train.bfti"))
-        print(f"{name}: {steps} steps in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        print(f"{name}: {cfg.steps} steps in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     card = json.loads((dest / cp.CARD).read_text())
     return dest, float(card["seconds_this_run"])
 

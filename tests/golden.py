@@ -89,9 +89,11 @@ def completion_figures(root: Path) -> dict[str, Any]:
     profile = cp.RetentionProfile(tuple(cp.RetentionProfile.uniform().edges),
                                   tuple(0.1 * (i + 1) for i in range(10)), tuple(1 for _ in range(10)))
     out: dict[str, Any] = {"data": data.digest()}
-    # every method at its defaults, and ours with the rank form of the penalty (k drawn by position)
+    # every method at its defaults (ours: the rank penalty), ours with the linear penalty (the
+    # earlier default) and with k drawn by position
     runs = {m: cp.CompleteConfig(method=m) for m in cp.METHODS}
-    runs["bft-rank"] = cp.CompleteConfig(penalty="rank", lam=0.3, k_draw="position")
+    runs["bft-linear"] = cp.CompleteConfig(penalty="linear", lam=1.0)
+    runs["bft-rank"] = cp.CompleteConfig(k_draw="position")
     for name, cfg in runs.items():
         cfg = replace(cfg, steps=3, batch_size=8, checkpoint_every=100)
         result = cp.complete(base, aligned, data, root / f"completed-{name}", cfg, profile=profile)

@@ -268,15 +268,18 @@ def test_every_method_sees_the_same_records_and_builds_its_own_examples(toy, sma
 def test_collate_positions_predict_their_tokens(toy, small) -> None:  # type: ignore[no-untyped-def]
     data = _data(toy, small)
     profile = cp.RetentionProfile.uniform()
-    for method in ("bft", "derta"):
-        ex = cp.make_examples(data, cp.CompleteConfig(method=method, batch_size=12), profile, 0)
+    for method, penalty in (("bft", "linear"), ("bft", "rank"), ("derta", "rank")):
+        cfg = cp.CompleteConfig(method=method, penalty=penalty, batch_size=12)
+        ex = cp.make_examples(data, cfg, profile, 0)
         b = cp.collate(ex, pad_id=0, device=torch.device("cpu"))
         # a target position predicts the next input token, in the student and the clean sequence
         assert torch.equal(b.ids[b.tgt_row, b.tgt_col + 1], b.tgt_tok)
         assert torch.equal(b.clean_ids[b.tgt_row, b.clean_col + 1], b.tgt_tok)
-        if method == "bft":  # prefix positions predict the harmful token h_t
+        if (method, penalty) == ("bft", "linear"):  # prefix positions predict the harmful token h_t
             assert torch.equal(b.ids[b.pre_row, b.pre_col + 1], b.pre_tok)
-        counts = cp.term_counts(ex, method)
+        if (method, penalty) == ("bft", "rank"):  # ... or carry the refusal's opening token instead
+            assert b.pre_tok.tolist() == [e.target[0] for e in ex for _ in e.prefix]
+        counts = cp.term_counts(ex, cfg)
         assert counts["ce"] == b.tgt_tok.numel() + (b.pre_tok.numel() if method == "derta" else 0)
 
 
@@ -339,7 +342,7 @@ def test_every_method_runs_from_the_cli(toy, small, tmp_path: Path, method: str)
     card = json.loads((out / cp.CARD).read_text())
     assert summary["method"] == method and card["config"]["method"] == method
     assert len(card["log"]) == 3 and card["data"]["harmful"] == 48
-    want = set(cp.term_counts([cp.CompletionExample("recovery", [1], [2], [3])], method))
+    want = set(cp.term_counts([cp.CompletionExample("recovery", [1], [2], [3])], cp.CompleteConfig(method=method)))
     assert set(card["terms_final_mean10"]) == want  # every loss term is logged
     assert (out / "RUN_CARD.md").is_file() and not (tmp_path / f".{method}.work").exists()
     if method != "bft":
@@ -352,12 +355,13 @@ def test_every_method_runs_from_the_cli(toy, small, tmp_path: Path, method: str)
 
 
 def test_the_rank_penalty_runs_from_the_cli_and_logs_its_guard(toy, small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The rank form is the default; k drawn per position is an option."""
     out = tmp_path / "rank"
-    r = run_cli(*_complete_args(toy, small, out, "--penalty", "rank", "--lam", "0.3", "--k-draw", "position",
-                                "--steps", "2", "--batch-size", "8", "--json"))
+    r = run_cli(*_complete_args(toy, small, out, "--k-draw", "position", "--steps", "2", "--batch-size", "8", "--json"))
     assert r.returncode == 0, r.stderr
     card = json.loads((out / cp.CARD).read_text())
-    assert card["config"]["penalty"] == "rank" and card["config"]["k_draw"] == "position"
+    assert card["config"]["penalty"] == "rank" and card["config"]["lam"] == 0.3
+    assert card["config"]["k_draw"] == "position"
     assert set(card["terms_final_mean10"]) == {"ce", "penalty", "kd", "guard"}
     assert 0 < card["terms_final_mean10"]["guard"] < card["terms_final_mean10"]["ce"]
 
@@ -372,7 +376,7 @@ def test_harden_is_the_whole_job_from_files(toy, small, tmp_path: Path) -> None:
                              index=small["index"], refusal_keywords=keywords, device="cpu")
     card = cp.harden(inputs, cp.CompleteConfig(steps=2, batch_size=8))
     assert card is not None and card == json.loads((tmp_path / "hardened" / cp.CARD).read_text())
-    assert len(card["log"]) == 2 and set(card["terms_final_mean10"]) == {"ce", "penalty", "kd"}
+    assert len(card["log"]) == 2 and set(card["terms_final_mean10"]) == {"ce", "penalty", "kd", "guard"}
     # the same data as the library builds with that judge: every s(x) the aligned model's own
     assert card["data"]["self_refusals"] == 48 and card["data"]["hash"] == _data(toy, small).digest()
     assert card["index"] == str(small["index"]) and not cp.work_dir(tmp_path / "hardened").exists()

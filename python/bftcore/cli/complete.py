@@ -61,8 +61,9 @@ def _harden_inputs(**options: Any) -> HardenInputs:
 @click.option("--alpha", type=click.FloatRange(min=0), default=CompleteConfig.alpha, show_default=True, help="Position weight w(k) = 1 + alpha * R(bucket(k)).")
 @click.option("--lam", type=click.FloatRange(min=0), default=CompleteConfig.lam, show_default=True, help="Base-favored penalty weight.")
 @click.option("--penalty", type=click.Choice(list(PENALTIES)), default=CompleteConfig.penalty, show_default=True,
-              help="bft: the base-favored penalty on the retained base mass (linear, l2), or its rank form "
-                   "(rank: the refusal's opening token above the base's favoured tokens).")
+              help="bft: the base-favored penalty in its rank form (rank: the refusal's opening token above "
+                   "the base's favoured tokens) or on the retained base mass (linear, l2; linear at --lam 1 "
+                   "is the earlier default).")
 @click.option("--guard", type=click.FloatRange(min=0), default=CompleteConfig.guard, show_default=True,
               help="bft --penalty rank: weight of its guard (benign answer tokens above the refusal openers).")
 @click.option("--beta", type=click.FloatRange(min=0), default=CompleteConfig.beta, show_default=True, help="Distillation weight.")

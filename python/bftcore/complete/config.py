@@ -36,8 +36,10 @@ class CompleteConfig:
     # bft
     direct_frac: float = 0.2  # harmful records trained as direct x -> s(x) (k = 0)
     alpha: float = 1.0  # position weight w(k) = 1 + alpha * R̄(bucket(k))
-    lam: float = 1.0  # base-favored penalty weight
-    penalty: str = "linear"
+    # the base-favored penalty: its form and weight (rank at 0.3 chosen on the deep toy world's tuning
+    # seed, benches/tune.py; the linear form was the default before it, at lam 1)
+    lam: float = 0.3
+    penalty: str = "rank"
     guard: float = 1.0  # penalty rank: weight of its guard (benign answers above the refusal openers)
     beta: float = 0.5  # distillation weight
     teacher: str = "hybrid"

@@ -298,12 +298,11 @@ def make_examples(data: CompletionData, cfg: CompleteConfig, profile: RetentionP
         [CompletionExample("benign", data.benign[i].prompt, [], data.benign[i].response) for i in bs]
 
 
-def term_counts(examples: Sequence[CompletionExample], run: str | CompleteConfig) -> dict[str, int]:
-    """How many positions each loss term of a method (or a run's config) averages over (known
-    before any forward: the normaliser shared by every micro-batch and rank of a step). A config
-    adds the terms its settings switch on (the rank penalty's guard: the benign targets)."""
-    cfg = run if isinstance(run, CompleteConfig) else None
-    counts = REGISTRY[cfg.method if cfg else str(run)].counts(examples)
-    if cfg is not None and guarded(cfg):
+def term_counts(examples: Sequence[CompletionExample], cfg: CompleteConfig) -> dict[str, int]:
+    """How many positions each loss term of a run averages over (known before any forward: the
+    normaliser shared by every micro-batch and rank of a step): its method's terms, and those its
+    settings switch on (the rank penalty's guard: the benign targets)."""
+    counts = REGISTRY[cfg.method].counts(examples)
+    if guarded(cfg):
         counts["guard"] = _targets([e for e in examples if not e.harmful])
     return counts
