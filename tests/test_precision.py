@@ -56,8 +56,8 @@ def test_auto_is_float32_on_a_cpu_and_names_are_checked() -> None:
 def test_float32_runs_keep_the_keys_they_had_before_dtype_existed() -> None:
     """A completion's key (a cache directory's name, a checkpoint's key) leaves dtype out at float32
     and auto, thinking out when off; bf16 and thinking enter it. The pin is the demo's bft run as
-    keyed before either setting existed."""
-    demo_bft = cp.CompleteConfig(steps=150, batch_size=32)
+    keyed before either setting existed (then the linear penalty at lam 1 was the default)."""
+    demo_bft = cp.CompleteConfig(steps=150, batch_size=32, penalty="linear", lam=1.0)
     assert demo_bft.key() == replace(demo_bft, dtype="float32").key() == "9ad305e9a993f620"
     assert len({demo_bft.key(), replace(demo_bft, dtype="bfloat16").key(), replace(demo_bft, thinking=True).key()}) == 3
     assert set(settings(ScoreConfig())) == set(asdict(ScoreConfig())) - {"dtype", "thinking"}
